@@ -1,0 +1,112 @@
+"""Typed settings, read once from ``WARMSTART_*`` environment variables at the entry point.
+
+Nothing reads ``os.environ`` at import time: the CLI, the Celery app and the tests build a
+:class:`Settings` once and pass it down. Units are part of the names (``_bytes``, ``_s``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+from urllib.parse import urlparse
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from infra.errors import SettingsError
+
+GiB = 1024**3
+MiB = 1024**2
+
+
+def _split_csv(value: object) -> object:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """All of warmstart's configuration. Each field is ``WARMSTART_<NAME>`` in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="WARMSTART_", extra="ignore", frozen=True)
+
+    # --- services -------------------------------------------------------------------------
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Broker, result backend and state.")
+    store_url: str = Field(
+        "file://./.warmstart/store",
+        description="Where snapshots live: s3://bucket/prefix or file:///absolute/path.",
+    )
+    s3_endpoint_url: str | None = Field(None, description="S3 endpoint (moto, MinIO); None for AWS.")
+    s3_region: str = "us-east-1"
+
+    # --- local cache and budgets ----------------------------------------------------------
+    cache_dir: Path = Field(Path(".warmstart/cache"), description="Local snapshot cache (DISK tier).")
+    cache_budget_bytes: int = Field(20 * GiB, gt=0)
+    host_budget_bytes: int = Field(8 * GiB, gt=0, description="Mapped, resident models (HOST tier).")
+    device_budget_bytes: int = Field(8 * GiB, gt=0, description="Models on the device (DEVICE/HOT).")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    fetch_concurrency: int = Field(8, ge=1, le=64)
+    fetch_part_bytes: int = Field(16 * MiB, ge=1 * MiB)
+
+    # --- architectures a manifest may name (on top of the entry-point group) --------------
+    allowed_architectures: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    # --- workers --------------------------------------------------------------------------
+    profile: Literal["dev", "prod"] = "dev"
+    worker_name: str | None = None
+    eager_models: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    max_payload_bytes: int = Field(8 * MiB, gt=0)
+    health_interval_s: float = Field(10.0, gt=0)
+    heartbeat_interval_s: float = Field(2.0, gt=0)
+    heartbeat_ttl_s: float = Field(10.0, gt=0)
+    warmup_max_runs: int = Field(20, ge=1)
+    warmup_max_s: float = Field(10.0, gt=0)
+    health_timeout_s: float = Field(30.0, gt=0)
+    inference_timeout_s: float = Field(60.0, gt=0)
+
+    # --- scheduler ------------------------------------------------------------------------
+    plan_interval_s: float = Field(5.0, gt=0)
+    keep_warm_interval_s: float = Field(60.0, gt=0)
+    policy: str = "warmstart"
+    traffic_retention_min: int = Field(7 * 24 * 60, ge=60)
+    gpu_gb_hour_price: float = Field(2.50, ge=0)
+    host_gb_hour_price: float = Field(0.005, ge=0)
+
+    _split_lists = field_validator("allowed_architectures", "eager_models", mode="before")(
+        _split_csv
+    )
+
+    @field_validator("store_url")
+    @classmethod
+    def _check_store_url(cls, value: str) -> str:
+        scheme = urlparse(value).scheme
+        if scheme not in ("s3", "file"):
+            raise ValueError(
+                f"store_url {value!r} must start with s3://bucket/prefix or file:///path"
+            )
+        if scheme == "s3" and not urlparse(value).netloc:
+            raise ValueError(f"store_url {value!r} names no bucket: use s3://bucket/prefix")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str) -> str:
+        if urlparse(value).scheme not in ("redis", "rediss", "unix"):
+            raise ValueError(f"redis_url {value!r} must start with redis://, rediss:// or unix://")
+        return value
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build settings from the environment plus explicit overrides.
+
+    Raises:
+        SettingsError: a variable is malformed; the message names the variable and the fix.
+    """
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as e:
+        problems = "; ".join(
+            f"WARMSTART_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
+            for err in e.errors()
+        )
+        raise SettingsError(f"invalid settings: {problems}") from e

@@ -1,0 +1,145 @@
+"""Reading and checking a safetensors file's header without trusting it.
+
+A safetensors file is ``u64 little-endian header length | JSON header | data``. The header
+comes from a bucket, so every claim in it is checked: a bounded length, JSON of the right
+shape, known dtypes, offsets inside the file that tile the data section without overlapping,
+and sizes that agree with dtype and shape. :func:`check_against_manifest` then requires the
+header to say exactly what the manifest's tensor index says.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+from typing import BinaryIO
+
+from infra.errors import SafetensorsHeaderError
+from snapshot.manifest import SAFETENSORS_DTYPES, Manifest, TensorEntry
+
+#: safetensors itself refuses headers over 100 MB; so do we.
+MAX_HEADER_BYTES = 100 * 1024 * 1024
+
+
+def read_header(stream: BinaryIO, file_size: int) -> tuple[int, dict[str, TensorEntry], dict[str, str]]:
+    """Parse and validate the header of a safetensors file.
+
+    Args:
+        stream: the file, positioned at its start.
+        file_size: its size in bytes.
+
+    Returns:
+        ``(header_bytes, tensors by name, __metadata__)``.
+
+    Raises:
+        SafetensorsHeaderError: a truncated file, a header length that is too large, a header
+            that is not JSON of the expected shape, an unknown dtype, or offsets out of range,
+            overlapping, leaving gaps, or disagreeing with dtype and shape.
+    """
+    prefix = stream.read(8)
+    if len(prefix) < 8:
+        raise SafetensorsHeaderError(f"file is {file_size} bytes, too short for a safetensors header")
+    (header_bytes,) = struct.unpack("<Q", prefix)
+    if header_bytes > MAX_HEADER_BYTES or 8 + header_bytes > file_size:
+        raise SafetensorsHeaderError(
+            f"header claims {header_bytes} bytes but the file has {file_size} bytes in all "
+            f"(limit {MAX_HEADER_BYTES}): the file is truncated or not safetensors"
+        )
+    raw = stream.read(header_bytes)
+    if len(raw) != header_bytes:
+        raise SafetensorsHeaderError("file ended inside the header: it is truncated")
+    try:
+        header = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise SafetensorsHeaderError(f"header is not valid JSON: {e}") from e
+    if not isinstance(header, dict):
+        raise SafetensorsHeaderError("header must be a JSON object")
+
+    metadata = header.pop("__metadata__", {}) or {}
+    if not isinstance(metadata, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
+    ):
+        raise SafetensorsHeaderError("__metadata__ must map strings to strings")
+
+    data_bytes = file_size - 8 - header_bytes
+    tensors: dict[str, TensorEntry] = {}
+    for name, info in header.items():
+        if not isinstance(info, dict):
+            raise SafetensorsHeaderError(f"tensor {name!r}: entry must be an object")
+        dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+        if dtype not in SAFETENSORS_DTYPES:
+            raise SafetensorsHeaderError(f"tensor {name!r}: unknown dtype {dtype!r}")
+        if not isinstance(shape, list) or not all(
+            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+        ):
+            raise SafetensorsHeaderError(f"tensor {name!r}: shape must be non-negative ints")
+        if (
+            not isinstance(offsets, list)
+            or len(offsets) != 2
+            or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
+            or not 0 <= offsets[0] <= offsets[1] <= data_bytes
+        ):
+            raise SafetensorsHeaderError(
+                f"tensor {name!r}: data_offsets {offsets!r} fall outside the {data_bytes}-byte "
+                "data section"
+            )
+        numel = 1
+        for d in shape:
+            numel *= d
+        if offsets[1] - offsets[0] != numel * SAFETENSORS_DTYPES[dtype]:
+            raise SafetensorsHeaderError(
+                f"tensor {name!r}: {offsets[1] - offsets[0]} bytes do not hold {dtype} {shape}"
+            )
+        tensors[name] = TensorEntry(name, dtype, tuple(shape), (offsets[0], offsets[1]))
+
+    # The tensors must tile the data section exactly: no overlap (aliasing bytes), no gaps.
+    position = 0
+    for entry in sorted(tensors.values(), key=lambda t: t.offsets):
+        if entry.offsets[0] != position:
+            kind = "overlaps the tensor before it" if entry.offsets[0] < position else "leaves a gap"
+            raise SafetensorsHeaderError(f"tensor {entry.name!r} at {entry.offsets} {kind}")
+        position = entry.offsets[1]
+    if position != data_bytes:
+        raise SafetensorsHeaderError(
+            f"tensors cover {position} bytes but the data section has {data_bytes}: the file is "
+            "truncated or has trailing bytes"
+        )
+    return header_bytes, tensors, metadata
+
+
+def read_header_file(path: Path) -> tuple[int, dict[str, TensorEntry], dict[str, str]]:
+    """:func:`read_header` on a file path."""
+    with open(path, "rb") as stream:
+        return read_header(stream, path.stat().st_size)
+
+
+def check_against_manifest(path: Path, manifest: Manifest) -> dict[str, TensorEntry]:
+    """Require the file's header to agree exactly with the manifest's tensor index.
+
+    Raises:
+        SafetensorsHeaderError: the header is invalid, or a tensor is missing, extra, or has
+            another dtype, shape or offsets than the manifest records.
+    """
+    size = path.stat().st_size
+    if size != manifest.weights.size_bytes:
+        raise SafetensorsHeaderError(
+            f"{path.name} is {size} bytes but the manifest records {manifest.weights.size_bytes}"
+        )
+    header_bytes, tensors, _ = read_header_file(path)
+    if header_bytes != manifest.weights.header_bytes:
+        raise SafetensorsHeaderError(
+            f"header is {header_bytes} bytes but the manifest records {manifest.weights.header_bytes}"
+        )
+    expected = {t.name: t for t in manifest.weights.tensors}
+    if set(tensors) != set(expected):
+        missing = sorted(set(expected) - set(tensors))[:5]
+        extra = sorted(set(tensors) - set(expected))[:5]
+        raise SafetensorsHeaderError(f"tensors disagree with the manifest: missing {missing}, extra {extra}")
+    for name, entry in tensors.items():
+        if entry != expected[name]:
+            raise SafetensorsHeaderError(
+                f"tensor {name!r} is {entry.dtype} {list(entry.shape)} at {entry.offsets} in the "
+                f"file but {expected[name].dtype} {list(expected[name].shape)} at "
+                f"{expected[name].offsets} in the manifest"
+            )
+    return tensors
