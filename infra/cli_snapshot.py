@@ -1,7 +1,200 @@
-"""CLI commands for snapshots: publish, ls, inspect, fetch (filled in by the snapshot work)."""
+"""CLI commands for snapshots: ``publish``, ``ls``, ``inspect``, ``fetch``.
+
+Each command parses its arguments, calls one library function, and prints the result (as
+JSON with ``--json``). Typed errors are printed as one line by the group in :mod:`infra.cli`.
+Heavy imports (torch) happen inside the commands, so ``warmstart --help`` stays fast.
+"""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Any
+
 import click
 
-snapshot_commands: list[click.Command] = []
+
+def _store_and_settings(ctx: click.Context) -> tuple[Any, Any]:
+    from infra.cli import settings_from
+    from snapshot.stores import open_store
+
+    settings = settings_from(ctx)
+    return open_store(settings), settings
+
+
+def _human_bytes(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+def _json_arg(value: str, option: str) -> Any:
+    try:
+        return json.loads(value)
+    except ValueError as e:
+        raise click.BadParameter(f"not valid JSON: {e}", param_hint=option) from e
+
+
+@click.command("publish")
+@click.argument("model", required=False)
+@click.option("--example", "examples", multiple=True, help="Publish this example model (repeatable).")
+@click.option("--all-examples", is_flag=True, help="Publish every example model.")
+@click.option("--version", "version", default=None, help="Version to publish (examples: v1).")
+@click.option("--weights", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="A safetensors file to publish as is.")  # fmt: skip
+@click.option("--factory", help="Registered architecture, package.module:function.")
+@click.option("--kwargs", "kwargs_json", default="{}", show_default=True, help="Factory kwargs, JSON.")
+@click.option("--inputs", "inputs_json",
+              help='Inputs, JSON: [{"name": "x", "dtype": "float32", "shape": ["batch", 8]}].')  # fmt: skip
+@click.option("--golden-inputs", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="A safetensors file of golden inputs (tensors named like the inputs).")  # fmt: skip
+@click.option("--rtol", type=float, default=1e-4, show_default=True)
+@click.option("--atol", type=float, default=1e-5, show_default=True)
+@click.option("--no-live", is_flag=True, help="Do not point the 'live' alias at a first version.")
+@click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal).")
+@click.option("--json", "as_json", is_flag=True, help="Print the manifests as JSON.")
+@click.pass_context
+def publish(
+    ctx: click.Context,
+    model: str | None,
+    examples: tuple[str, ...],
+    all_examples: bool,
+    version: str | None,
+    weights: Path | None,
+    factory: str | None,
+    kwargs_json: str,
+    inputs_json: str | None,
+    golden_inputs: Path | None,
+    rtol: float,
+    atol: float,
+    no_live: bool,
+    progress: bool | None,
+    as_json: bool,
+) -> None:
+    """Publish example models, or MODEL from a safetensors file, as immutable snapshots."""
+    from snapshot import publish as publishing
+
+    store, settings = _store_and_settings(ctx)
+    common: dict[str, Any] = {
+        "rtol": rtol, "atol": atol, "show_progress": progress, "set_live": not no_live,
+        "allowed_architectures": tuple(settings.allowed_architectures),
+    }  # fmt: skip
+    if examples or all_examples:
+        if model or weights or factory or inputs_json or golden_inputs:
+            raise click.UsageError("--example/--all-examples take no MODEL, --weights, --factory or --inputs")
+        manifests = publishing.publish_examples(
+            store, None if all_examples else list(examples), version or "v1", **common
+        )
+    else:
+        if not (model and version and weights and factory and inputs_json):
+            raise click.UsageError(
+                "publish needs --example NAME, --all-examples, or MODEL --version V --weights FILE "
+                "--factory pkg.mod:fn --inputs JSON"
+            )
+        from snapshot.golden import read_input_file
+
+        architecture = {"factory": factory, "kwargs": _json_arg(kwargs_json, "--kwargs")}
+        golden = read_input_file(golden_inputs) if golden_inputs else None
+        manifests = [
+            publishing.publish_file(
+                store, model, version, weights, architecture, _json_arg(inputs_json, "--inputs"),
+                golden, **common,
+            )
+        ]  # fmt: skip
+    if as_json:
+        click.echo(json.dumps([m.to_dict() for m in manifests], indent=2))
+        return
+    for m in manifests:
+        click.echo(
+            f"published {m.model}/{m.version}  {_human_bytes(m.weights.size_bytes)}  "
+            f"sha256 {m.weights.sha256[:12]}  to {store.describe()}"
+        )
+
+
+@click.command("ls")
+@click.argument("model", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def ls(ctx: click.Context, model: str | None, as_json: bool) -> None:
+    """List models, or MODEL's versions, with sizes and aliases."""
+    from snapshot.catalog import summarize
+
+    store, _ = _store_and_settings(ctx)
+    summary = summarize(store, model)
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+        return
+    if not summary:
+        click.echo(f"no models in {store.describe()}")
+    for entry in summary:
+        aliases = ", ".join(f"{a}→{v}" for a, v in sorted(entry["aliases"].items())) or "no aliases"
+        click.echo(f"{entry['model']}  ({aliases})")
+        for row in entry["versions"]:
+            marks = [a for a, v in entry["aliases"].items() if v == row["version"]]
+            click.echo(
+                f"  {row['version']:<12} {_human_bytes(row['size_bytes']):>10}  {row['created_at']}  "
+                f"{row['architecture']}{'  [' + ', '.join(sorted(marks)) + ']' if marks else ''}"
+            )
+
+
+@click.command("inspect")
+@click.argument("model")
+@click.argument("ref", required=False, default="live")
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON only.")
+@click.pass_context
+def inspect(ctx: click.Context, model: str, ref: str, as_json: bool) -> None:
+    """Show the manifest of MODEL's version REF (a version or an alias; default: live)."""
+    from snapshot.catalog import read_resolved
+
+    store, _ = _store_and_settings(ctx)
+    manifest = read_resolved(store, model, ref)
+    if as_json:
+        click.echo(manifest.to_json().decode(), nl=False)
+        return
+    from rich.console import Console
+    from rich.syntax import Syntax
+
+    if ref != manifest.version:
+        click.echo(f"{model} {ref} → {manifest.version}")
+    Console().print(Syntax(manifest.to_json().decode(), "json", theme="ansi_dark", word_wrap=True))
+
+
+@click.command("fetch")
+@click.argument("model")
+@click.argument("ref", required=False, default="live")
+@click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def fetch(ctx: click.Context, model: str, ref: str, progress: bool | None, as_json: bool) -> None:
+    """Fetch MODEL's version REF (default: live) into the local cache, verified."""
+    from snapshot.cache import SnapshotCache, fetch_version
+
+    store, settings = _store_and_settings(ctx)
+    local = fetch_version(store, SnapshotCache.from_settings(settings), model, ref, show_progress=progress)
+    result = {
+        "model": local.manifest.model,
+        "version": local.manifest.version,
+        "path": str(local.directory),
+        "weights_path": str(local.weights_path),
+        "size_bytes": local.manifest.weights.size_bytes,
+        "downloaded_bytes": local.downloaded_bytes,
+        "cached": local.downloaded_bytes == 0,
+        "elapsed_s": round(local.elapsed_s, 4),
+    }
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    how = "already cached" if result["cached"] else f"downloaded {_human_bytes(local.downloaded_bytes)}"
+    rate = (
+        f", {local.downloaded_bytes / local.elapsed_s / 2**20:.0f} MiB/s"
+        if local.downloaded_bytes and local.elapsed_s > 0
+        else ""
+    )
+    click.echo(f"{result['model']}/{result['version']}: {how} in {local.elapsed_s:.3f}s{rate}")
+    click.echo(result["path"])
+
+
+snapshot_commands: list[click.Command] = [publish, ls, inspect, fetch]

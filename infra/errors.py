@@ -33,6 +33,12 @@ class SettingsError(WarmstartError):
     code = "settings"
 
 
+class StateUnavailableError(WarmstartError):
+    """Raised when Redis (broker, results and shared state) cannot be reached or fails."""
+
+    code = "state_unavailable"
+
+
 # --- snapshots ----------------------------------------------------------------------------
 
 

@@ -63,9 +63,18 @@ class Settings(BaseSettings):
     warmup_max_s: float = Field(10.0, gt=0)
     health_timeout_s: float = Field(30.0, gt=0)
     inference_timeout_s: float = Field(60.0, gt=0)
+    worker_concurrency: int = Field(4, ge=1, le=64)
+    # An unacknowledged inference is handed to another worker after this long: it bounds how
+    # late a request whose worker was killed is answered, and must exceed the slowest inference.
+    visibility_timeout_s: float = Field(300.0, gt=0)
+    prewarm_claim_s: float = Field(30.0, gt=0)
 
     # --- scheduler ------------------------------------------------------------------------
     plan_interval_s: float = Field(5.0, gt=0)
+    # The time unit of traffic recording and of the policies: one "minute" of the model.
+    # 60 in production; the demo compresses a day by making it a few seconds.
+    traffic_minute_s: float = Field(60.0, gt=0)
+    beat_catchup_min: int = Field(1440, ge=1)
     keep_warm_interval_s: float = Field(60.0, gt=0)
     policy: str = "warmstart"
     traffic_retention_min: int = Field(7 * 24 * 60, ge=60)

@@ -1,0 +1,500 @@
+"""The local snapshot cache (the DISK tier): verified copies of snapshots, within a byte budget.
+
+Layout::
+
+    <root>/<model>/<version>/manifest.json        written last: the entry is complete
+    <root>/<model>/<version>/model.safetensors
+    <root>/<model>/<version>/golden.safetensors
+    <root>/<model>/<version>/.used                touched on every use (LRU recency)
+    <root>/.locks/<model>@<version>.lock          one flock per entry, never deleted
+    <root>/.locks/budget.lock                     serialises space accounting
+
+A download fetches parallel ranged GETs into a temporary file in the entry's directory,
+preallocated to its full size (so that concurrent fetches count it against the budget), then
+fsyncs it and verifies size, sha256 and (for the weights) the header against the manifest
+*before* the atomic rename into place. The manifest copy is written last. A failure leaves no
+entry behind.
+
+Several processes fetching one snapshot: the per-entry ``flock`` lets exactly one download;
+the others block, then find the complete entry, verify it and use it. Eviction takes the
+victim's lock without blocking and skips entries being fetched. Linux keeps an unlinked,
+memory-mapped file alive, so evicting an entry a worker has mapped is safe for that worker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import shutil
+import sys
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO
+
+from infra.errors import (
+    CacheFullError,
+    IntegrityError,
+    ManifestError,
+    SnapshotNotFoundError,
+)
+from snapshot.header import check_against_manifest
+from snapshot.manifest import Manifest, parse_manifest
+from snapshot.names import GOLDEN_FILE, MANIFEST_FILE, WEIGHTS_FILE, validate_name, version_key
+from snapshot.stores.base import ProgressCallback, SnapshotStore
+
+if TYPE_CHECKING:
+    from infra.settings import Settings
+
+MiB = 1024 * 1024
+LOCKS_DIR = ".locks"
+USED_MARKER = ".used"
+_PART_MARK = ".part-"
+
+
+@dataclass(frozen=True)
+class LocalSnapshot:
+    """A complete, verified snapshot in the cache.
+
+    ``downloaded_bytes`` is 0 when the entry was already cached; ``elapsed_s`` is the time
+    :meth:`SnapshotCache.fetch` took (waiting for another process's download included).
+    """
+
+    manifest: Manifest
+    directory: Path
+    downloaded_bytes: int = 0
+    elapsed_s: float = 0.0
+
+    @property
+    def weights_path(self) -> Path:
+        return self.directory / WEIGHTS_FILE
+
+    @property
+    def golden_path(self) -> Path:
+        return self.directory / GOLDEN_FILE
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.directory / MANIFEST_FILE
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    """One complete cache entry. ``last_used`` is a Unix time in seconds."""
+
+    model: str
+    version: str
+    directory: Path
+    size_bytes: int
+    last_used: float
+
+
+# --- progress (shared with publish; no torch here) -----------------------------------------
+
+
+@contextlib.contextmanager
+def transfer_progress(show: bool | None) -> Iterator[Callable[[str, int], ProgressCallback | None]]:
+    """Yield ``task(label, total_bytes) -> callback`` drawing a rich progress bar on stderr.
+
+    ``show=None`` shows it only when stderr is a terminal; False yields no-op tasks.
+    """
+    if show is None:
+        show = sys.stderr.isatty()
+    if not show:
+        yield lambda label, total: None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        console=Console(stderr=True),
+    ) as progress:
+
+        def task(label: str, total: int) -> ProgressCallback:
+            task_id = progress.add_task(label, total=total)
+            return lambda n: progress.advance(task_id, n)
+
+        yield task
+
+
+# --- the cache -------------------------------------------------------------------------------
+
+
+class SnapshotCache:
+    """Verified local copies of snapshots under ``root``, at most ``budget_bytes`` in all.
+
+    Args:
+        root: the cache directory (created when needed).
+        budget_bytes: the most bytes the entries may take; least recently used entries are
+            evicted to make room.
+        concurrency: parallel ranged GETs per download.
+        part_bytes: the size of one ranged GET.
+    """
+
+    def __init__(
+        self, root: Path | str, budget_bytes: int, concurrency: int = 8, part_bytes: int = 16 * MiB
+    ) -> None:
+        if budget_bytes <= 0 or concurrency < 1 or part_bytes < 1:
+            raise ValueError("budget_bytes, concurrency and part_bytes must be positive")
+        self.root = Path(root).expanduser().absolute()
+        self.budget_bytes = budget_bytes
+        self.concurrency = concurrency
+        self.part_bytes = part_bytes
+
+    @classmethod
+    def from_settings(cls, settings: "Settings") -> "SnapshotCache":
+        """The cache that ``WARMSTART_CACHE_*`` and ``WARMSTART_FETCH_*`` describe."""
+        return cls(
+            settings.cache_dir,
+            settings.cache_budget_bytes,
+            settings.fetch_concurrency,
+            settings.fetch_part_bytes,
+        )
+
+    # --- paths and locks --------------------------------------------------------------------
+
+    def entry_dir(self, model: str, version: str) -> Path:
+        return self.root / validate_name(model) / validate_name(version, "version")
+
+    @contextlib.contextmanager
+    def _lock(self, name: str, blocking: bool = True) -> Iterator[bool]:
+        """Hold ``flock`` on ``<root>/.locks/<name>``; yields False if ``blocking`` is off and
+        the lock is taken."""
+        locks = self.root / LOCKS_DIR
+        locks.mkdir(parents=True, exist_ok=True)
+        fd = os.open(locks / name, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+            except BlockingIOError:
+                yield False
+                return
+            yield True
+        finally:
+            os.close(fd)  # closing the descriptor releases the lock
+
+    def _entry_lock(self, model: str, version: str, blocking: bool = True) -> contextlib.AbstractContextManager[bool]:
+        return self._lock(f"{model}@{version}.lock", blocking)
+
+    def _budget_lock(self) -> contextlib.AbstractContextManager[bool]:
+        return self._lock("budget.lock")
+
+    # --- inspection -------------------------------------------------------------------------
+
+    def _entry_dirs(self) -> Iterator[tuple[str, str, Path]]:
+        if not self.root.is_dir():
+            return
+        for model_dir in sorted(self.root.iterdir()):
+            if model_dir.name.startswith(".") or not model_dir.is_dir():
+                continue
+            for version_dir in sorted(model_dir.iterdir()):
+                if version_dir.is_dir():
+                    yield model_dir.name, version_dir.name, version_dir
+
+    @staticmethod
+    def _dir_bytes(directory: Path) -> int:
+        total = 0
+        with contextlib.suppress(FileNotFoundError):
+            for item in directory.iterdir():
+                with contextlib.suppress(FileNotFoundError):
+                    total += item.stat().st_size
+        return total
+
+    def contains(self, model: str, version: str) -> bool:
+        """True when a complete entry for ``model``/``version`` is cached."""
+        return (self.entry_dir(model, version) / MANIFEST_FILE).is_file()
+
+    def entries(self) -> list[CacheEntry]:
+        """Complete entries, least recently used first."""
+        found = []
+        for model, version, directory in self._entry_dirs():
+            try:
+                manifest_stat = (directory / MANIFEST_FILE).stat()
+            except FileNotFoundError:
+                continue
+            try:
+                last_used = (directory / USED_MARKER).stat().st_mtime
+            except FileNotFoundError:
+                last_used = manifest_stat.st_mtime
+            found.append(CacheEntry(model, version, directory, self._dir_bytes(directory), last_used))
+        return sorted(found, key=lambda e: (e.last_used, e.model, e.version))
+
+    def usage_bytes(self) -> int:
+        """Bytes held by all entries, including downloads in progress (preallocated)."""
+        return sum(self._dir_bytes(directory) for _, _, directory in self._entry_dirs())
+
+    def get(self, model: str, version: str) -> LocalSnapshot | None:
+        """The cached entry without fetching (and without touching its recency), or None."""
+        directory = self.entry_dir(model, version)
+        try:
+            manifest = parse_manifest((directory / MANIFEST_FILE).read_bytes())
+        except (FileNotFoundError, ManifestError):
+            return None
+        return LocalSnapshot(manifest, directory)
+
+    # --- eviction ---------------------------------------------------------------------------
+
+    def _remove_entry(self, directory: Path) -> None:
+        """Delete an entry, manifest first so that it stops being complete at once. Callers
+        hold the entry's lock and the budget lock."""
+        with contextlib.suppress(FileNotFoundError):
+            (directory / MANIFEST_FILE).unlink()
+        shutil.rmtree(directory, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            directory.parent.rmdir()  # only when no other version is left
+
+    def evict(self, model: str, version: str) -> bool:
+        """Remove an entry (waiting for a fetch of it in progress). True if it was there."""
+        directory = self.entry_dir(model, version)
+        with self._entry_lock(model, version), self._budget_lock():
+            existed = directory.exists()
+            self._remove_entry(directory)
+        return existed
+
+    def _make_room(self, need_bytes: int, keep: tuple[str, str]) -> None:
+        """Evict least recently used entries until ``need_bytes`` more fit the budget.
+
+        Called with the budget lock held. Leftovers of crashed downloads go first; entries
+        being fetched (locked) and ``keep`` are never touched. Nothing is deleted unless
+        enough can be freed.
+
+        Raises:
+            CacheFullError: even evicting everything evictable would not make room.
+        """
+        usage = self.usage_bytes()
+        if usage + need_bytes <= self.budget_bytes:
+            return
+        complete = {(e.model, e.version): e for e in self.entries()}
+        partial = [
+            (m, v, d) for m, v, d in self._entry_dirs() if (m, v) not in complete and (m, v) != keep
+        ]
+        order = partial + [(e.model, e.version, e.directory) for e in complete.values() if (e.model, e.version) != keep]
+        with contextlib.ExitStack() as held:
+            victims: list[Path] = []
+            freed = 0
+            for model, version, directory in order:
+                if usage - freed + need_bytes <= self.budget_bytes:
+                    break
+                if not held.enter_context(self._entry_lock(model, version, blocking=False)):
+                    continue  # being fetched right now
+                victims.append(directory)
+                freed += self._dir_bytes(directory)
+            if usage - freed + need_bytes > self.budget_bytes:
+                raise CacheFullError(
+                    f"snapshot {keep[0]}/{keep[1]} needs {need_bytes} bytes but the cache at "
+                    f"{self.root} holds {usage} of its {self.budget_bytes}-byte budget and only "
+                    f"{freed} can be freed now (the rest is being fetched); retry later or raise "
+                    "WARMSTART_CACHE_BUDGET_BYTES"
+                )
+            for directory in victims:
+                self._remove_entry(directory)
+
+    # --- fetching ---------------------------------------------------------------------------
+
+    def fetch(self, store: SnapshotStore, manifest: Manifest, show_progress: bool | None = False) -> LocalSnapshot:
+        """Make sure a verified copy of the snapshot is in the cache, and return it.
+
+        Args:
+            store: where the snapshot is published.
+            manifest: its manifest (from :func:`snapshot.catalog.read_manifest`).
+            show_progress: a progress bar on stderr (None: only on a terminal).
+
+        Returns:
+            The local snapshot; ``downloaded_bytes`` is 0 when it was already cached.
+
+        Raises:
+            CacheFullError: the snapshot is larger than the whole budget (nothing deleted), or
+                room cannot be made now.
+            SnapshotNotFoundError: a file of the snapshot is missing from the store.
+            IntegrityError: a file's size or sha256 differs from the manifest.
+            SafetensorsHeaderError: the weights' header is malformed or disagrees with the
+                manifest's tensor index.
+            StoreError / StoreUnreachableError: the store failed.
+        """
+        t0 = time.perf_counter()
+        model, version = validate_name(manifest.model), validate_name(manifest.version, "version")
+        manifest_bytes = manifest.to_json()
+        need = manifest.weights.size_bytes + manifest.golden.size_bytes + len(manifest_bytes)
+        if need > self.budget_bytes:
+            raise CacheFullError(
+                f"snapshot {model}/{version} needs {need} bytes but the whole cache budget is "
+                f"{self.budget_bytes} bytes: raise WARMSTART_CACHE_BUDGET_BYTES"
+            )
+        directory = self.entry_dir(model, version)
+        with self._entry_lock(model, version):
+            if self._is_valid(directory, manifest):
+                (directory / USED_MARKER).touch()
+                return LocalSnapshot(manifest, directory, 0, time.perf_counter() - t0)
+            files = [
+                (WEIGHTS_FILE, manifest.weights.size_bytes, manifest.weights.sha256),
+                (GOLDEN_FILE, manifest.golden.size_bytes, manifest.golden.sha256),
+            ]
+            for name, size, _ in files:
+                self._check_remote_size(store, model, version, name, size)
+            try:
+                with self._budget_lock():
+                    self._remove_entry(directory)  # a stale or partial entry, if any
+                    self._make_room(need, keep=(model, version))
+                    directory.mkdir(parents=True, exist_ok=True)
+                    temps = [self._reserve(directory, name, size) for name, size, _ in files]
+                with transfer_progress(show_progress) as task:
+                    for (name, size, sha256), tmp in zip(files, temps):
+                        self._download(
+                            store, version_key(model, version, name), tmp, size, sha256,
+                            task(f"{model}/{version} {name}", size),
+                        )  # fmt: skip
+                        if name == WEIGHTS_FILE:
+                            check_against_manifest(tmp, manifest)
+                        os.replace(tmp, directory / name)
+                self._write_manifest(directory, manifest_bytes)
+            except BaseException:
+                with self._budget_lock():
+                    self._remove_entry(directory)
+                raise
+            (directory / USED_MARKER).touch()
+        downloaded = manifest.weights.size_bytes + manifest.golden.size_bytes
+        return LocalSnapshot(manifest, directory, downloaded, time.perf_counter() - t0)
+
+    def _is_valid(self, directory: Path, manifest: Manifest) -> bool:
+        """The cheap check of a cached entry: complete, same manifest, files of the right size."""
+        try:
+            cached = parse_manifest((directory / MANIFEST_FILE).read_bytes())
+            return (
+                cached == manifest
+                and (directory / WEIGHTS_FILE).stat().st_size == manifest.weights.size_bytes
+                and (directory / GOLDEN_FILE).stat().st_size == manifest.golden.size_bytes
+            )
+        except (OSError, ManifestError):
+            return False
+
+    @staticmethod
+    def _check_remote_size(store: SnapshotStore, model: str, version: str, name: str, size: int) -> None:
+        key = version_key(model, version, name)
+        remote = store.size(key)
+        if remote is None:
+            raise SnapshotNotFoundError(
+                f"{name} of {model}/{version} is missing from {store.describe()} although its "
+                "manifest exists: the snapshot is damaged; republish it under a new version"
+            )
+        if remote != size:
+            raise IntegrityError(
+                f"{name} of {model}/{version} is {remote} bytes in {store.describe()} but the "
+                f"manifest records {size}: it is truncated or was replaced; republish the snapshot"
+            )
+
+    @staticmethod
+    def _reserve(directory: Path, name: str, size: int) -> Path:
+        """A temporary file of the full size (sparse), so that the budget counts it now."""
+        tmp = directory / f".{name}{_PART_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            os.ftruncate(fd, size)
+        finally:
+            os.close(fd)
+        return tmp
+
+    def _download(
+        self,
+        store: SnapshotStore,
+        key: str,
+        tmp: Path,
+        size: int,
+        sha256: str,
+        progress: ProgressCallback | None,
+    ) -> None:
+        """Parallel ranged GETs into ``tmp``, hashed in order, fsynced, then verified."""
+        digest = hashlib.sha256()
+        parts = iter(range(0, size, self.part_bytes))
+        with open(tmp, "r+b") as out:
+            fd = out.fileno()
+
+            def fetch_part(start: int) -> bytes:
+                end = min(start + self.part_bytes, size)
+                data = store.get_range(key, start, end)
+                if len(data) != end - start:
+                    raise IntegrityError(
+                        f"{key!r} in {store.describe()} ended at byte {start + len(data)}, before "
+                        f"the {size} bytes its manifest records: it is truncated; republish it"
+                    )
+                os.pwrite(fd, data, start)
+                return data
+
+            # A bounded window of parts in flight: parallel GETs, in-order hashing, and
+            # memory of at most (concurrency + 2) parts.
+            with ThreadPoolExecutor(self.concurrency, thread_name_prefix="warmstart-fetch") as pool:
+                window: deque[Future[bytes]] = deque()
+                try:
+                    for start in parts:
+                        window.append(pool.submit(fetch_part, start))
+                        if len(window) >= self.concurrency + 2:
+                            self._consume(window.popleft(), digest, progress)
+                    while window:
+                        self._consume(window.popleft(), digest, progress)
+                except BaseException:
+                    for future in window:
+                        future.cancel()
+                    raise
+            out.flush()
+            os.fsync(fd)
+        actual_size = tmp.stat().st_size
+        if actual_size != size:
+            raise IntegrityError(f"{key!r} downloaded as {actual_size} bytes, expected {size}")
+        if digest.hexdigest() != sha256:
+            raise IntegrityError(
+                f"{key!r} in {store.describe()} has sha256 {digest.hexdigest()[:16]}… but the "
+                f"manifest records {sha256[:16]}…: the stored bytes are corrupt; republish the "
+                "snapshot under a new version"
+            )
+
+    @staticmethod
+    def _consume(future: Future[bytes], digest: "hashlib._Hash", progress: ProgressCallback | None) -> None:
+        data = future.result()
+        digest.update(data)
+        if progress is not None:
+            progress(len(data))
+
+    @staticmethod
+    def _write_manifest(directory: Path, manifest_bytes: bytes) -> None:
+        tmp = directory / f".{MANIFEST_FILE}{_PART_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        with open(tmp, "wb") as out:
+            _write_all(out, manifest_bytes)
+        os.replace(tmp, directory / MANIFEST_FILE)
+        # The rename itself must survive a crash before the entry counts as complete.
+        dir_fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def _write_all(out: BinaryIO, data: bytes) -> None:
+    out.write(data)
+    out.flush()
+    os.fsync(out.fileno())
+
+
+def fetch_version(
+    store: SnapshotStore,
+    cache: SnapshotCache,
+    model: str,
+    ref: str = "live",
+    show_progress: bool | None = False,
+) -> LocalSnapshot:
+    """Resolve ``ref`` (an alias or a version) of ``model``, read its manifest, and fetch it.
+
+    Raises:
+        As :func:`snapshot.catalog.read_resolved` and :meth:`SnapshotCache.fetch`.
+    """
+    from snapshot.catalog import read_resolved
+
+    return cache.fetch(store, read_resolved(store, model, ref), show_progress=show_progress)

@@ -1,0 +1,400 @@
+"""Publishing a model version as an immutable snapshot.
+
+Steps, in this order so that an interrupted publish leaves no visible version:
+
+1. check the architecture is registered (a manifest may only name registered factories);
+2. write ``model.safetensors`` (``safetensors.torch.save_model``: tied weights stored once),
+   hash it (sha256, streamed) and read its header for the tensor index;
+3. refuse to change an existing version (:class:`VersionExistsError`), or return it as is
+   when the bytes are the same;
+4. run the golden inputs in eval mode under ``torch.inference_mode()`` (twice: a model that
+   does not answer the same both times would fail every health check) and write
+   ``golden.safetensors``;
+5. validate the manifest, upload the weights and golden files, and write ``manifest.json``
+   LAST; then set the ``live`` alias if the model has none yet.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_model
+
+from infra.errors import ManifestError, SnapshotError, SnapshotNotFoundError, VersionExistsError
+from snapshot import catalog
+from snapshot.cache import transfer_progress
+from snapshot.golden import compare_outputs, make_golden_inputs, normalize_outputs, write_golden
+from snapshot.header import read_header_file
+from snapshot.manifest import (
+    INPUT_DTYPES,
+    ArchitectureSpec,
+    GoldenInfo,
+    InputSpec,
+    Manifest,
+    WeightsInfo,
+    parse_manifest,
+)
+from snapshot.names import GOLDEN_FILE, MANIFEST_FILE, WEIGHTS_FILE, validate_name, version_key
+from snapshot.registry import check_allowed
+from snapshot.stores.base import SnapshotStore
+
+HASH_CHUNK_BYTES = 8 * 1024 * 1024
+
+ArchitectureLike = ArchitectureSpec | str | Mapping[str, Any]
+InputsLike = Sequence[InputSpec | Mapping[str, Any]]
+
+
+def sha256_file(path: Path) -> str:
+    """The sha256 of a file, read in chunks (never whole into memory)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(HASH_CHUNK_BYTES):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def as_architecture(architecture: ArchitectureLike) -> ArchitectureSpec:
+    """An :class:`ArchitectureSpec` from a spec, ``"pkg.mod:fn"``, or ``{"factory", "kwargs"}``.
+
+    Raises:
+        ManifestError: none of those shapes.
+    """
+    if isinstance(architecture, ArchitectureSpec):
+        return architecture
+    if isinstance(architecture, str):
+        return ArchitectureSpec(architecture, {})
+    if isinstance(architecture, Mapping) and isinstance(architecture.get("factory"), str):
+        kwargs = architecture.get("kwargs") or {}
+        if not isinstance(kwargs, Mapping):
+            raise ManifestError("architecture 'kwargs' must be an object")
+        return ArchitectureSpec(architecture["factory"], dict(kwargs))
+    raise ManifestError(
+        f"architecture {architecture!r} must be 'package.module:function' or "
+        "{'factory': ..., 'kwargs': {...}}"
+    )
+
+
+def as_input_specs(inputs: InputsLike) -> tuple[InputSpec, ...]:
+    """Input specs from specs or ``{"name", "dtype", "shape"}`` objects (as in the manifest).
+
+    Raises:
+        ManifestError: empty, or an entry of the wrong shape or dtype (the full check is
+            :func:`parse_manifest`, run before anything is uploaded).
+    """
+    specs = []
+    for i, raw in enumerate(inputs):
+        if isinstance(raw, InputSpec):
+            specs.append(raw)
+            continue
+        if not isinstance(raw, Mapping) or not {"name", "dtype", "shape"} <= set(raw):
+            raise ManifestError(f"inputs[{i}] must be an object with 'name', 'dtype' and 'shape'")
+        if raw["dtype"] not in INPUT_DTYPES:
+            raise ManifestError(f"inputs[{i}].dtype {raw['dtype']!r} must be one of {INPUT_DTYPES}")
+        if not isinstance(raw["shape"], (list, tuple)):
+            raise ManifestError(f"inputs[{i}].shape must be a list of ints and dimension names")
+        specs.append(InputSpec(str(raw["name"]), raw["dtype"], tuple(raw["shape"])))
+    if not specs:
+        raise ManifestError("a model must declare at least one input")
+    return tuple(specs)
+
+
+# --- publishing ---------------------------------------------------------------------------
+
+
+def _existing(store: SnapshotStore, model: str, version: str, sha256: str) -> Manifest | None:
+    """The published manifest when this version exists with the same bytes; None if absent.
+
+    Raises:
+        VersionExistsError: it exists with other bytes.
+    """
+    if not store.exists(version_key(model, version, MANIFEST_FILE)):
+        return None
+    existing = catalog.read_manifest(store, model, version)
+    if existing.weights.sha256 != sha256:
+        raise VersionExistsError(
+            f"{model}/{version} is already published with other weights (sha256 "
+            f"{existing.weights.sha256[:12]}…, these are {sha256[:12]}…); versions are "
+            "immutable: publish under a new version and move the alias"
+        )
+    return existing
+
+
+def _run_golden(
+    module: torch.nn.Module, golden_inputs: Mapping[str, torch.Tensor], rtol: float, atol: float
+) -> dict[str, torch.Tensor]:
+    """Run the golden inputs twice in eval mode and return the (checked) outputs."""
+    module.eval()
+    try:
+        with torch.inference_mode():
+            first = normalize_outputs(module(**golden_inputs))
+            second = normalize_outputs(module(**golden_inputs))
+    except SnapshotError:
+        raise
+    except Exception as e:  # the model's own code: whatever it raises, publishing stops
+        raise SnapshotError(
+            f"the model failed on its golden inputs ({type(e).__name__}: {e}); check the "
+            "declared inputs match what forward() takes, by keyword"
+        ) from e
+    check = compare_outputs(second, first, rtol=rtol, atol=atol)
+    if not check.ok:
+        reason = check.reason.replace("golden output", "first run")
+        raise SnapshotError(
+            f"the model does not answer its golden inputs reproducibly in eval mode: {reason}; "
+            "remove randomness from forward() or loosen rtol/atol"
+        )
+    return {k: v.detach().to("cpu").clone() for k, v in first.items()}
+
+
+def _check_golden_inputs(
+    golden_inputs: Mapping[str, torch.Tensor], specs: Sequence[InputSpec]
+) -> dict[str, torch.Tensor]:
+    names = {s.name for s in specs}
+    if set(golden_inputs) != names or not all(isinstance(v, torch.Tensor) for v in golden_inputs.values()):
+        raise ManifestError(
+            f"golden inputs {sorted(golden_inputs)} must be tensors named exactly as the declared "
+            f"inputs {sorted(names)}"
+        )
+    return dict(golden_inputs)
+
+
+def _publish(
+    store: SnapshotStore,
+    model: str,
+    version: str,
+    weights_path: Path,
+    load_module: Callable[[], torch.nn.Module],
+    architecture: ArchitectureSpec,
+    specs: tuple[InputSpec, ...],
+    golden_inputs: Mapping[str, torch.Tensor] | None,
+    *,
+    rtol: float,
+    atol: float,
+    metadata: Mapping[str, Any] | None,
+    show_progress: bool | None,
+    set_live: bool,
+    tmp: Path,
+) -> Manifest:
+    size_bytes = weights_path.stat().st_size
+    sha256 = sha256_file(weights_path)
+    header_bytes, tensors, _ = read_header_file(weights_path)
+    existing = _existing(store, model, version, sha256)
+    if existing is not None:
+        _maybe_set_live(store, model, version, set_live)  # a first publish may have died here
+        return existing
+
+    inputs = (
+        make_golden_inputs(specs)
+        if golden_inputs is None
+        else _check_golden_inputs(golden_inputs, specs)
+    )
+    outputs = _run_golden(load_module(), inputs, rtol, atol)
+    for name, tensor in outputs.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise SnapshotError(
+                f"the model's golden output {name!r} holds NaN or inf: refusing to publish a "
+                "model whose health check could never pass"
+            )
+    golden_path = tmp / GOLDEN_FILE
+    write_golden(golden_path, inputs, outputs)
+
+    manifest = Manifest(
+        model=model,
+        version=version,
+        created_at=catalog.utc_now_iso(),
+        architecture=architecture,
+        weights=WeightsInfo(
+            file=WEIGHTS_FILE,
+            size_bytes=size_bytes,
+            sha256=sha256,
+            header_bytes=header_bytes,
+            tensors=tuple(sorted(tensors.values(), key=lambda t: t.offsets)),
+        ),
+        inputs=specs,
+        golden=GoldenInfo(
+            file=GOLDEN_FILE,
+            size_bytes=golden_path.stat().st_size,
+            sha256=sha256_file(golden_path),
+            inputs=tuple(s.name for s in specs),
+            outputs=tuple(outputs),
+            rtol=rtol,
+            atol=atol,
+        ),
+        metadata=dict(metadata or {}),
+    )
+    manifest = parse_manifest(manifest.to_json())  # the reader's checks, before any upload
+
+    with transfer_progress(show_progress) as task:
+        store.put_file(
+            version_key(model, version, WEIGHTS_FILE),
+            weights_path,
+            task(f"{model}/{version} weights", size_bytes),
+        )
+        store.put_file(version_key(model, version, GOLDEN_FILE), golden_path)
+    store.put_bytes(version_key(model, version, MANIFEST_FILE), manifest.to_json())
+    _maybe_set_live(store, model, version, set_live)
+    return manifest
+
+
+def _maybe_set_live(store: SnapshotStore, model: str, version: str, set_live: bool) -> None:
+    """Point ``live`` at ``version`` when the model has no ``live`` alias yet."""
+    if set_live and catalog.get_alias(store, model, catalog.LIVE_ALIAS) is None:
+        catalog.set_alias(store, model, catalog.LIVE_ALIAS, version)
+
+
+def publish_module(
+    store: SnapshotStore,
+    model: str,
+    version: str,
+    module: torch.nn.Module,
+    architecture: ArchitectureLike,
+    inputs: InputsLike,
+    golden_inputs: Mapping[str, torch.Tensor] | None = None,
+    *,
+    rtol: float = 1e-4,
+    atol: float = 1e-5,
+    metadata: Mapping[str, Any] | None = None,
+    show_progress: bool | None = None,
+    allowed_architectures: Sequence[str] = (),
+    workdir: Path | None = None,
+    set_live: bool = True,
+) -> Manifest:
+    """Publish an in-memory module as ``model``/``version``.
+
+    Args:
+        store: where to publish.
+        model, version: safe names (letters, digits, ``.``, ``_``, ``-``).
+        module: the model; its state dict is saved (tied weights once) from CPU.
+        architecture: the registered factory that rebuilds ``module`` (``pkg.mod:fn`` and
+            kwargs), as :class:`ArchitectureSpec`, a string, or a dict.
+        inputs: the declared inputs of ``forward`` (called by keyword).
+        golden_inputs: inputs to record outputs for; generated from ``inputs`` when None.
+        rtol, atol: the health check's tolerances, stored in the manifest.
+        metadata: free-form JSON stored in the manifest.
+        show_progress: a progress bar on stderr; None shows it only on a terminal.
+        allowed_architectures: factories allowed on top of the entry-point registry.
+        workdir: where to write temporary files (default: the system temp dir).
+        set_live: point the ``live`` alias at this version when the model has no ``live`` yet.
+
+    Returns:
+        The published manifest (the existing one when the same bytes were already published).
+
+    Raises:
+        UnregisteredArchitectureError, InvalidNameError, ManifestError: bad arguments
+            (nothing uploaded).
+        VersionExistsError: the version exists with other bytes.
+        SnapshotError: the model fails on, or is not reproducible on, its golden inputs.
+        StoreError: the upload failed (no manifest was written, so no version is visible).
+    """
+    spec = as_architecture(architecture)
+    check_allowed(spec.factory, allowed_architectures)
+    validate_name(model)
+    validate_name(version, "version")
+    specs = as_input_specs(inputs)
+    with tempfile.TemporaryDirectory(prefix="warmstart-publish-", dir=workdir) as tmp_name:
+        tmp = Path(tmp_name)
+        weights_path = tmp / WEIGHTS_FILE
+        try:
+            save_model(module, str(weights_path))
+        except (ValueError, RuntimeError) as e:
+            raise SnapshotError(f"cannot save the model's weights as safetensors: {e}") from e
+        return _publish(
+            store, model, version, weights_path, lambda: module, spec, specs, golden_inputs,
+            rtol=rtol, atol=atol, metadata=metadata, show_progress=show_progress,
+            set_live=set_live, tmp=tmp,
+        )  # fmt: skip
+
+
+def publish_file(
+    store: SnapshotStore,
+    model: str,
+    version: str,
+    weights_path: Path,
+    architecture: ArchitectureLike,
+    inputs: InputsLike,
+    golden_inputs: Mapping[str, torch.Tensor] | None = None,
+    *,
+    rtol: float = 1e-4,
+    atol: float = 1e-5,
+    metadata: Mapping[str, Any] | None = None,
+    show_progress: bool | None = None,
+    allowed_architectures: Sequence[str] = (),
+    workdir: Path | None = None,
+    set_live: bool = True,
+) -> Manifest:
+    """Publish an existing safetensors file, byte for byte, as ``model``/``version``.
+
+    The file is restored with the architecture (as a worker would) to record golden outputs,
+    so a file that does not fit the architecture is refused before anything is uploaded.
+    Arguments, returns and errors as :func:`publish_module`, plus:
+
+    Raises:
+        SafetensorsHeaderError: the file's header is malformed or lies.
+        RestoreError: the file does not fit the architecture.
+        SnapshotNotFoundError: ``weights_path`` does not exist.
+    """
+    from snapshot.restore import restore_weights  # torch-side restore, owned elsewhere
+
+    spec = as_architecture(architecture)
+    check_allowed(spec.factory, allowed_architectures)
+    validate_name(model)
+    validate_name(version, "version")
+    specs = as_input_specs(inputs)
+    weights_path = Path(weights_path)
+    if not weights_path.is_file():
+        raise SnapshotNotFoundError(f"weights file {weights_path} does not exist")
+
+    def load() -> torch.nn.Module:
+        return restore_weights(weights_path, spec, allowed_architectures=tuple(allowed_architectures))
+
+    with tempfile.TemporaryDirectory(prefix="warmstart-publish-", dir=workdir) as tmp_name:
+        return _publish(
+            store, model, version, weights_path, load, spec, specs, golden_inputs,
+            rtol=rtol, atol=atol, metadata=metadata, show_progress=show_progress,
+            set_live=set_live, tmp=Path(tmp_name),
+        )  # fmt: skip
+
+
+def publish_examples(
+    store: SnapshotStore,
+    names: Sequence[str] | None = None,
+    version: str = "v1",
+    *,
+    seed: int = 0,
+    **options: Any,
+) -> list[Manifest]:
+    """Publish example models from :mod:`snapshot.examples` (all of them when ``names`` is None).
+
+    Weights are initialised from ``seed`` (the global RNG is restored afterwards), so
+    publishing the same example again gives the same bytes and is a no-op.
+
+    Args:
+        options: passed to :func:`publish_module` (``rtol``, ``show_progress``, ...).
+
+    Raises:
+        SnapshotNotFoundError: an unknown example name (the message lists the known ones).
+        And as :func:`publish_module`.
+    """
+    from snapshot.examples import EXAMPLE_MODELS
+
+    chosen = list(EXAMPLE_MODELS) if names is None else list(names)
+    unknown = [n for n in chosen if n not in EXAMPLE_MODELS]
+    if unknown:
+        raise SnapshotNotFoundError(f"no example model {unknown}; examples: {sorted(EXAMPLE_MODELS)}")
+    manifests = []
+    for name in chosen:
+        example = EXAMPLE_MODELS[name]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            module = example.build()
+        manifests.append(
+            publish_module(
+                store, example.name, version, module, example.architecture, example.inputs,
+                example.golden_inputs(seed=seed), **options,
+            )
+        )  # fmt: skip
+    return manifests

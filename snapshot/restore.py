@@ -1,0 +1,385 @@
+"""Restore a module from a safetensors snapshot by memory-mapping it: zero-copy, no pickle.
+
+The steps, for a file the cache has already verified (size and sha256 are checked at fetch
+time, by the cache, not here: hashing 500 MB would cost more than everything below):
+
+1. The architecture factory is checked against the allow-list before anything is imported.
+2. The file is mapped once, copy-on-write (``MAP_PRIVATE``): the cache's file can never be
+   modified through the mapping, and a stray in-place write to a weight only dirties a
+   private copy of that page.
+3. Every tensor is a *view* of the mapping at its offsets (one shared storage, no copy). A
+   tensor whose offset is not aligned for its dtype is copied, alone.
+4. The module is built with its parameters (and persistent buffers) on the ``meta`` device:
+   nothing is allocated or initialised for them, while non-persistent buffers computed in
+   ``__init__`` (positional encodings, masks) keep their real values.
+5. ``load_state_dict(assign=True, strict=True)`` makes the views the parameters; weights that
+   were tied at build time (saved once by safetensors) are tied again.
+6. ``MADV_POPULATE_READ`` maps every page before returning, so the first inference takes no
+   page faults (and a cold file is read at the disk's sequential speed).
+7. On a GPU, ``.to(device)`` copies the weights over; the mapping is then released.
+
+Nothing here executes pickle: ``torch.load`` is never used.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import struct
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from infra.errors import RestoreError, SafetensorsHeaderError
+from snapshot import header, registry
+from snapshot.manifest import ArchitectureSpec, Manifest, TensorEntry
+
+#: safetensors dtype codes -> torch dtypes.
+TORCH_DTYPES: dict[str, torch.dtype] = {
+    "BOOL": torch.bool, "U8": torch.uint8, "I8": torch.int8,
+    "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+    "I16": torch.int16, "U16": torch.uint16, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I32": torch.int32, "U32": torch.uint32, "F32": torch.float32,
+    "I64": torch.int64, "U64": torch.uint64, "F64": torch.float64,
+}  # fmt: skip
+
+_MADV_WILLNEED = 3
+_MADV_POPULATE_READ = 22  # Linux 5.14+
+_PAGE_BYTES = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+_MAX_KEYS_IN_MESSAGE = 8
+
+
+# --- public API -----------------------------------------------------------------------------
+
+
+def restore_model(
+    weights_path: Path,
+    manifest: Manifest,
+    *,
+    device: str | torch.device = "cpu",
+    populate: bool = True,
+    allowed_architectures: Iterable[str] = (),
+) -> nn.Module:
+    """Restore the module of a verified snapshot.
+
+    The file's header must agree exactly with the manifest's tensor index. Its sha256 is *not*
+    checked here: the cache verifies it at fetch time, before the atomic rename that makes the
+    file visible, and cached files are never modified in place.
+
+    Args:
+        weights_path: the local ``model.safetensors``.
+        manifest: the snapshot's validated manifest.
+        device: where the module should live (``"cpu"``, ``"cuda"``, ``"cuda:1"``…).
+        populate: make every page resident before returning (see :func:`restore_weights`).
+        allowed_architectures: factories allowed on top of the entry-point group.
+
+    Returns:
+        The module, in eval mode, with ``requires_grad`` off everywhere.
+
+    Raises:
+        UnregisteredArchitectureError: the factory is not registered (nothing was imported).
+        SafetensorsHeaderError: the header is malformed or disagrees with the manifest.
+        RestoreError: the factory failed, or its state dict does not match the file.
+    """
+    tensors = header.check_against_manifest(Path(weights_path), manifest)
+    return restore_weights(
+        Path(weights_path),
+        manifest.architecture,
+        device=device,
+        populate=populate,
+        allowed_architectures=allowed_architectures,
+        tensors=tensors,
+    )
+
+
+def restore_weights(
+    weights_path: Path,
+    architecture: ArchitectureSpec,
+    *,
+    device: str | torch.device = "cpu",
+    populate: bool = True,
+    allowed_architectures: Iterable[str] = (),
+    tensors: dict[str, TensorEntry] | None = None,
+) -> nn.Module:
+    """Build ``architecture`` with its weights viewing a copy-on-write mapping of the file.
+
+    Args:
+        weights_path: a safetensors file.
+        architecture: the factory (must be registered) and its kwargs.
+        device: where the module should live; anything but CPU gets a copy of the weights.
+        populate: make every page of the mapping resident before returning, so that the
+            first inference takes no page faults. Costs ~nothing for a page-cached file and
+            about one sequential read of the file for a cold one.
+        allowed_architectures: factories allowed on top of the entry-point group.
+        tensors: the file's validated tensor index, when the caller already has it
+            (:func:`restore_model` passes what ``check_against_manifest`` returned); parsed
+            and validated from the file otherwise.
+
+    Returns:
+        The module, in eval mode, with ``requires_grad`` off everywhere.
+
+    Raises:
+        UnregisteredArchitectureError: the factory is not registered (nothing was imported).
+        SafetensorsHeaderError: the header is malformed, or a tensor lies outside the file.
+        RestoreError: the factory failed or did not return a module, its state dict does not
+            match the file (missing or unexpected keys, other shapes), or the file could not
+            be read.
+    """
+    factory = registry.resolve_factory(architecture.factory, allowed_architectures)
+    state = map_tensors(Path(weights_path), tensors, populate=populate)
+    module = _build_on_meta(factory, architecture)
+    _assign(module, state, architecture.factory)
+    target = torch.device(device)
+    if target.type != "cpu":
+        module.to(target, non_blocking=True)
+        if target.type == "cuda":
+            torch.cuda.synchronize(target)
+    return module
+
+
+def map_tensors(
+    weights_path: Path, tensors: dict[str, TensorEntry] | None = None, *, populate: bool = True
+) -> dict[str, torch.Tensor]:
+    """Map a safetensors file copy-on-write and return one tensor per entry, viewing the map.
+
+    All the views share one storage, the mapping, which is unmapped when the last of them is
+    freed. An entry whose offset is not aligned for its dtype is copied instead.
+
+    Raises:
+        SafetensorsHeaderError: the header is malformed, or an entry lies outside the file.
+        RestoreError: the file cannot be opened, mapped or (with ``populate``) read.
+    """
+    try:
+        with open(weights_path, "rb") as stream:
+            size = os.fstat(stream.fileno()).st_size
+            if tensors is None:
+                header_bytes, tensors, _ = header.read_header(stream, size)
+            else:
+                prefix = stream.read(8)
+                if len(prefix) < 8:
+                    raise SafetensorsHeaderError(f"{weights_path.name} is too short for a safetensors header")
+                (header_bytes,) = struct.unpack("<Q", prefix)
+    except OSError as e:
+        raise RestoreError(f"cannot open snapshot weights {weights_path}: {e}") from e
+
+    data_start = 8 + header_bytes
+    for entry in tensors.values():
+        if data_start + entry.offsets[1] > size:
+            raise SafetensorsHeaderError(
+                f"tensor {entry.name!r} ends at byte {data_start + entry.offsets[1]} but "
+                f"{weights_path.name} has {size}: the file changed after it was checked"
+            )
+    try:
+        # shared=False maps MAP_PRIVATE (copy-on-write) from a read-only descriptor, which
+        # torch closes at once; the mapping lives as long as a tensor views it.
+        storage = torch.UntypedStorage.from_file(str(weights_path), shared=False, nbytes=size)
+    except RuntimeError as e:
+        raise RestoreError(f"cannot map snapshot weights {weights_path}: {e}") from e
+    if populate:
+        populate_pages(storage.data_ptr(), size, what=str(weights_path))
+
+    base = torch.empty(0, dtype=torch.uint8).set_(storage)
+    state: dict[str, torch.Tensor] = {}
+    for name, entry in tensors.items():
+        dtype = TORCH_DTYPES[entry.dtype]
+        start = data_start + entry.offsets[0]
+        itemsize = dtype.itemsize
+        if start % itemsize == 0:
+            tensor = torch.empty(0, dtype=dtype).set_(storage, start // itemsize, entry.shape)
+        else:  # not addressable as this dtype inside the map: copy this one tensor
+            raw = base[start : data_start + entry.offsets[1]].clone()
+            tensor = raw.view(dtype).reshape(entry.shape)
+        state[name] = tensor
+    return state
+
+
+def populate_pages(address: int, length: int, *, what: str = "mapping") -> None:
+    """Make ``length`` bytes of a file mapping resident, without writing to it.
+
+    ``MADV_POPULATE_READ`` maps every page in one call (read-faulting, so a private mapping
+    shares the page cache instead of copying). It reads a cold file at sequential disk speed
+    (the kernel's readahead works on the whole range) and costs well under a millisecond for
+    a cached one. On kernels older than 5.14 it falls back to ``MADV_WILLNEED`` and reading
+    one byte per page.
+
+    Raises:
+        RestoreError: the pages cannot be read (I/O error, or the file shrank under the map).
+    """
+    if length <= 0:
+        return
+    if _madvise(address, length, _MADV_POPULATE_READ) == 0:
+        return
+    err = ctypes.get_errno()
+    if err not in (errno.EINVAL, errno.ENOSYS):
+        raise RestoreError(
+            f"cannot read the pages of {what}: {os.strerror(err)}; the file may have been "
+            "truncated or the disk failed: delete it from the cache and fetch it again"
+        )
+    _madvise(address, length, _MADV_WILLNEED)
+    buffer = (ctypes.c_uint8 * length).from_address(address)
+    view = torch.frombuffer(buffer, dtype=torch.uint8)
+    int(view[::_PAGE_BYTES].sum())  # one read per page
+
+
+def module_nbytes(module: nn.Module) -> int:
+    """Bytes held by a module's parameters and buffers (each shared tensor counted once)."""
+    seen: set[int] = set()
+    total = 0
+    for tensor in (*module.parameters(), *module.buffers()):
+        if id(tensor) not in seen:
+            seen.add(id(tensor))
+            total += tensor.numel() * tensor.element_size()
+    return total
+
+
+# --- building on meta -----------------------------------------------------------------------
+
+_meta_local = threading.local()
+_meta_lock = threading.Lock()
+_meta_users = 0
+_original_register_parameter = nn.Module.register_parameter
+_original_register_buffer = nn.Module.register_buffer
+
+
+def _meta_register_parameter(self: nn.Module, name: str, param: nn.Parameter | None) -> None:
+    _original_register_parameter(self, name, param)
+    if getattr(_meta_local, "depth", 0) and param is not None and not param.is_meta:
+        # The factory allocated (but rarely touched) CPU memory; drop it for a meta tensor.
+        # Initialisers that run after this (reset_parameters) then cost nothing. One CPU
+        # parameter registered under two names becomes one meta parameter: the tie survives.
+        converted: dict[int, tuple[nn.Parameter, nn.Parameter]] = _meta_local.converted
+        if id(param) not in converted:
+            meta = type(param)(param.to("meta"), requires_grad=param.requires_grad)
+            meta.__dict__.update(param.__dict__)
+            converted[id(param)] = (param, meta)  # holding param keeps its id unique
+        self._parameters[name] = converted[id(param)][1]
+
+
+def _meta_register_buffer(
+    self: nn.Module, name: str, tensor: torch.Tensor | None, persistent: bool = True
+) -> None:
+    if getattr(_meta_local, "depth", 0) and persistent and tensor is not None and not tensor.is_meta:
+        tensor = tensor.to("meta")  # comes from the file; non-persistent ones stay real
+    _original_register_buffer(self, name, tensor, persistent)
+
+
+@contextmanager
+def parameters_on_meta() -> Iterator[None]:
+    """Within this block, in this thread, modules register their parameters and persistent
+    buffers on the ``meta`` device; non-persistent buffers keep their real values.
+
+    (The idea of accelerate's ``init_empty_weights(include_buffers=False)``, thread-safe: the
+    patch is installed while any thread is inside the block, and acts only for those.)
+    """
+    global _meta_users
+    with _meta_lock:
+        if _meta_users == 0:
+            nn.Module.register_parameter = _meta_register_parameter  # type: ignore[method-assign]
+            nn.Module.register_buffer = _meta_register_buffer  # type: ignore[method-assign]
+        _meta_users += 1
+    _meta_local.depth = getattr(_meta_local, "depth", 0) + 1
+    if _meta_local.depth == 1:
+        _meta_local.converted = {}
+    try:
+        yield
+    finally:
+        _meta_local.depth -= 1
+        if _meta_local.depth == 0:
+            _meta_local.converted = {}
+        with _meta_lock:
+            _meta_users -= 1
+            if _meta_users == 0:
+                nn.Module.register_parameter = _original_register_parameter  # type: ignore[method-assign]
+                nn.Module.register_buffer = _original_register_buffer  # type: ignore[method-assign]
+
+
+def _build_on_meta(factory: Any, architecture: ArchitectureSpec) -> nn.Module:
+    try:
+        with parameters_on_meta():
+            module = factory(**architecture.kwargs)
+    except Exception as e:  # noqa: BLE001 - any failure of foreign code becomes a RestoreError
+        raise RestoreError(
+            f"architecture {architecture.factory!r} failed to build with kwargs "
+            f"{architecture.kwargs!r}: {type(e).__name__}: {e}. Republish the snapshot with an "
+            "architecture spec this version of the factory accepts"
+        ) from e
+    if not isinstance(module, nn.Module):
+        raise RestoreError(
+            f"architecture {architecture.factory!r} returned {type(module).__name__}, not a "
+            "torch.nn.Module"
+        )
+    return module
+
+
+# --- assignment -----------------------------------------------------------------------------
+
+
+def _names(keys: Iterable[str]) -> str:
+    keys = sorted(keys)
+    shown = ", ".join(repr(k) for k in keys[:_MAX_KEYS_IN_MESSAGE])
+    more = len(keys) - _MAX_KEYS_IN_MESSAGE
+    return f"[{shown}{f', … {more} more' if more > 0 else ''}]"
+
+
+def _tied_groups(module: nn.Module) -> list[list[str]]:
+    """Names of parameters that are one object at build time (tied weights), per object."""
+    by_object: dict[int, list[str]] = {}
+    for name, param in module.named_parameters(remove_duplicate=False):
+        by_object.setdefault(id(param), []).append(name)
+    return [names for names in by_object.values() if len(names) > 1]
+
+
+def _assign(module: nn.Module, state: dict[str, torch.Tensor], factory: str) -> None:
+    tied = _tied_groups(module)
+    for group in tied:
+        # safetensors stores a shared tensor once, under one of its names.
+        present = [name for name in group if name in state]
+        if present:
+            for name in group:
+                state.setdefault(name, state[present[0]])
+    expected = set(module.state_dict(keep_vars=True))
+    missing, unexpected = expected - state.keys(), state.keys() - expected
+    if missing or unexpected:
+        raise RestoreError(
+            f"the snapshot's weights do not match architecture {factory!r}: missing "
+            f"{len(missing)} {_names(missing)}, unexpected {len(unexpected)} {_names(unexpected)}. "
+            "Republish the snapshot with the architecture spec (factory and kwargs) that "
+            "produced these weights"
+        )
+    try:
+        module.load_state_dict(state, strict=True, assign=True)
+    except RuntimeError as e:
+        raise RestoreError(
+            f"the snapshot's weights do not fit architecture {factory!r}: {e}. Republish the "
+            "snapshot with the architecture spec (factory and kwargs) that produced them"
+        ) from e
+    for group in tied:
+        shared = module.get_parameter(group[0])
+        for name in group[1:]:
+            owner, _, attr = name.rpartition(".")
+            module.get_submodule(owner)._parameters[attr] = shared
+    module.eval()
+    module.requires_grad_(False)
+    left_on_meta = [n for n, t in (*module.named_parameters(), *module.named_buffers()) if t.is_meta]
+    if left_on_meta:
+        raise RestoreError(
+            f"architecture {factory!r} left {_names(left_on_meta)} without values after loading: "
+            "a persistent buffer or parameter created outside register_parameter/register_buffer; "
+            "make it a registered buffer or parameter of the module"
+        )
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+_libc.madvise.restype = ctypes.c_int
+
+
+def _madvise(address: int, length: int, advice: int) -> int:
+    # The map starts on a page boundary (mmap's result), so no rounding is needed.
+    return _libc.madvise(ctypes.c_void_p(address), ctypes.c_size_t(length), ctypes.c_int(advice))
