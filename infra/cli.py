@@ -46,11 +46,17 @@ def _register() -> None:
     # Imported here, not at module top, so that `warmstart --help` stays fast and a
     # subsystem's heavy imports (torch) happen only when its command runs.
     from bench.cli import bench
+    from infra.cli_scheduler import scheduler_commands
     from infra.cli_snapshot import snapshot_commands
+    from infra.cli_workers import worker_commands
 
-    for command in snapshot_commands:
+    for command in snapshot_commands + worker_commands + scheduler_commands:
         main.add_command(command)
     main.add_command(bench)
 
 
 _register()
+
+
+if __name__ == "__main__":
+    main()

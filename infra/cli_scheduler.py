@@ -1,0 +1,113 @@
+"""CLI commands for the scheduler: ``beat``, ``simulate``, ``advise``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+from pathlib import Path
+from typing import Any
+
+import click
+
+
+@click.command()
+@click.option("--ticks", type=int, default=None, help="Stop after this many ticks (default: run until stopped).")
+@click.option("--loglevel", default="INFO", show_default=True)
+@click.pass_context
+def beat(ctx: click.Context, ticks: int | None, loglevel: str) -> None:
+    """Run the scheduler: pre-warm ahead of predicted demand, keep warm, demote, re-place
+    the models of dead workers. Several may run; one acts at a time (a lease in Redis)."""
+    from infra.cli import settings_from
+    from scheduler.beat import BeatScheduler
+
+    logging.basicConfig(level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    scheduler = BeatScheduler(settings_from(ctx))
+    signal.signal(signal.SIGTERM, lambda *_: scheduler.stop())
+    try:
+        scheduler.run(max_ticks=ticks)
+    except KeyboardInterrupt:
+        scheduler.stop()
+
+
+@click.command()
+@click.argument("trace_dir", type=click.Path(exists=True, path_type=Path))
+@click.option("--policy", "policies", multiple=True, help="Policies to compare (default: fixed-10, hybrid, warmstart).")
+@click.option("--budget-bytes", type=int, default=None, help="Memory budget for cold_seconds (default: half the models' total).")
+@click.option("--sweep/--no-sweep", default=False, help="Also run fixed-N and warmstart-B curves (slower).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the result as JSON.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), help="Draw the cold-start vs waste plane (PNG).")
+def simulate(trace_dir: Path, policies: tuple[str, ...], budget_bytes: int | None, sweep: bool,
+             json_path: Path | None, plot_path: Path | None) -> None:
+    """Replay an Azure Functions trace through the scheduler's policies and compare them."""
+    from scheduler.report import print_simulation
+    from scheduler.simulator import simulate as run
+    from scheduler.traces import load_trace
+
+    result = run(load_trace(trace_dir), list(policies) or None, budget_bytes, sweep=sweep)
+    print_simulation(result)
+    if json_path:
+        json_path.write_text(json.dumps(result, indent=2))
+        click.echo(f"wrote {json_path}", err=True)
+    if plot_path:
+        from scheduler.plot import plot_tradeoff
+
+        click.echo(f"wrote {plot_tradeoff(result, plot_path)}", err=True)
+
+
+def live_trace(settings: Any, window_min: int) -> Any:
+    """A Trace of the arrivals recorded in Redis over the last ``window_min`` minutes, with
+    the published models' sizes (the advisor's input when no trace file is given)."""
+    import time
+
+    import numpy as np
+
+    from infra.redis_client import connect
+    from scheduler.traces import Trace
+    from scheduler.traffic import TrafficRecorder
+    from snapshot.catalog import list_models, read_manifest, resolve_version
+    from snapshot.stores import open_store
+
+    store = open_store(settings)
+    recorder = TrafficRecorder(connect(settings.redis_url), settings.traffic_retention_min, settings.traffic_minute_s)
+    end = recorder.minute_of(time.time())
+    start = end - window_min
+    names = list_models(store)
+    counts = np.zeros((len(names), window_min), dtype=np.int64)
+    memory_mb = np.zeros(len(names))
+    for i, model in enumerate(names):
+        for minute, count in recorder.minute_counts(model, start, end).items():
+            counts[i, minute - start] = count
+        memory_mb[i] = read_manifest(store, model, resolve_version(store, model)).weights.size_bytes / 2**20
+    return Trace(
+        minutes=np.arange(start, end, dtype=np.int64), names=names, counts=counts,
+        memory_mb=memory_mb, duration_ms=np.full(len(names), 10.0), source="redis",
+    )  # fmt: skip
+
+
+@click.command()
+@click.option("--trace", "trace_dir", type=click.Path(exists=True, path_type=Path), help="An Azure Functions trace (default: the live traffic in Redis).")
+@click.option("--window-min", type=int, default=1440, show_default=True, help="Live traffic window, in traffic minutes.")
+@click.option("--policy", "policies", multiple=True, help="Policies to compare (default: fixed-10, hybrid, warmstart).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for programs.")
+@click.pass_context
+def advise(ctx: click.Context, trace_dir: Path | None, window_min: int, policies: tuple[str, ...], as_json: bool) -> None:
+    """Per model: arrivals, cold starts and their seconds under each policy, memory cost at
+    the configured prices, and the recommendation (eager or lazy, which tier)."""
+    from infra.cli import settings_from
+    from scheduler.advisor import advise as run
+    from scheduler.costs import Prices
+    from scheduler.report import print_advice
+    from scheduler.traces import load_trace
+
+    settings = settings_from(ctx)
+    trace = load_trace(trace_dir) if trace_dir else live_trace(settings, window_min)
+    prices = Prices(gpu_gb_hour=settings.gpu_gb_hour_price, host_gb_hour=settings.host_gb_hour_price)
+    rows = run(trace, list(policies) or None, prices)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+    else:
+        print_advice(rows)
+
+
+scheduler_commands = [beat, simulate, advise]

@@ -1,0 +1,52 @@
+"""Small architectures for tests, registered per test through WARMSTART_ALLOWED_ARCHITECTURES.
+
+They are real models: ``flaky`` really computes wrong (or non-finite) outputs while its flag
+file exists, which is how tests make a healthy model start failing without touching our code.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from torch import nn
+
+TINY = "tests.models:build_tiny"
+FLAKY = "tests.models:build_flaky"
+
+
+class Tiny(nn.Module):
+    def __init__(self, features: int = 8, outputs: int = 4, delay_s: float = 0.0) -> None:
+        super().__init__()
+        self.linear = nn.Linear(features, outputs)
+        self.delay_s = delay_s
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.delay_s:
+            time.sleep(self.delay_s)  # stands for a slow model, so a test can kill mid-inference
+        return self.linear(x)
+
+
+class Flaky(Tiny):
+    """Answers wrongly while ``flag_path`` exists: ``offset`` adds 1, ``nan`` answers NaN."""
+
+    def __init__(self, flag_path: str, features: int = 8, outputs: int = 4) -> None:
+        super().__init__(features, outputs)
+        self.flag_path = flag_path
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.linear(x)
+        try:
+            with open(self.flag_path) as flag:
+                mode = flag.read().strip()
+        except FileNotFoundError:
+            return out
+        return out * float("nan") if mode == "nan" else out + 1.0
+
+
+def build_tiny(features: int = 8, outputs: int = 4, delay_s: float = 0.0) -> nn.Module:
+    return Tiny(features, outputs, delay_s)
+
+
+def build_flaky(flag_path: str, features: int = 8, outputs: int = 4) -> nn.Module:
+    return Flaky(flag_path, features, outputs)

@@ -1,0 +1,132 @@
+"""The Python client: enqueue inference, record the arrival, wake a worker when none is hot.
+
+``Client(settings).infer("short-form", {"user_features": tensor, ...}, timeout_s=10)`` returns
+the model's outputs as tensors, or raises the typed error the worker answered with. Any
+other Celery client can speak the same wire protocol (docs/workers.md).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from celery import Celery
+from celery.exceptions import TimeoutError as CeleryTimeoutError
+from celery.result import AsyncResult
+
+from infra.celery_app import PREWARM_QUEUE, TASK_INFER, TASK_PREWARM, create_app, infer_queue
+from infra.errors import (
+    InferenceTimeoutError,
+    InvalidInputError,
+    SnapshotNotFoundError,
+    UnknownModelError,
+    WarmstartError,
+    error_from_dict,
+)
+from infra.redis_client import connect
+from infra.settings import Settings
+from scheduler.traffic import TrafficRecorder
+from snapshot.catalog import resolve_version
+from snapshot.names import validate_name
+from snapshot.stores import open_store
+from workers.registry import WorkerRegistry
+from workers.wire import check_payload_size, decode_outputs, encode_tensor
+
+#: How long a positive "this model is published" answer is trusted.
+KNOWN_MODEL_TTL_S = 30.0
+
+
+class PendingInference:
+    """An enqueued request; :meth:`get` waits for its answer."""
+
+    def __init__(self, result: AsyncResult, model: str, default_timeout_s: float) -> None:
+        self.result = result
+        self.model = model
+        self.default_timeout_s = default_timeout_s
+
+    @property
+    def id(self) -> str:
+        return str(self.result.id)
+
+    def raw(self, timeout_s: float | None = None) -> dict[str, Any]:
+        """The worker's JSON answer (outputs still encoded), or the typed error raised."""
+        wait = self.default_timeout_s if timeout_s is None else timeout_s
+        try:
+            answer = self.result.get(timeout=wait, propagate=True, interval=0.005)
+        except CeleryTimeoutError as e:
+            raise InferenceTimeoutError(
+                f"no answer from {self.model!r} within {wait}s; the request stays queued and will "
+                "still be answered. Is a worker running (`warmstart status`)?"
+            ) from e
+        if not isinstance(answer, dict):
+            raise WarmstartError(f"unexpected answer from the worker: {answer!r}")
+        if not answer.get("ok"):
+            raise error_from_dict(answer.get("error", {}))
+        return answer
+
+    def get(self, timeout_s: float | None = None) -> dict[str, torch.Tensor]:
+        """The model's outputs as tensors."""
+        return decode_outputs(self.raw(timeout_s)["outputs"])
+
+
+class Client:
+    """Sends inference requests; one per process is enough (thread-safe)."""
+
+    def __init__(self, settings: Settings, app: Celery | None = None) -> None:
+        self.settings = settings
+        self.app = app or create_app(settings)
+        redis_client = connect(settings.redis_url)
+        self.registry = WorkerRegistry(redis_client)
+        self.traffic = TrafficRecorder(redis_client, settings.traffic_retention_min, settings.traffic_minute_s)
+        self._store = None
+        self._known: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def _check_published(self, model: str) -> None:
+        now = time.monotonic()
+        if self._known.get(model, 0.0) > now:
+            return
+        with self._lock:
+            if self._store is None:
+                self._store = open_store(self.settings)
+        try:
+            resolve_version(self._store, model, "live")
+        except SnapshotNotFoundError as e:
+            raise UnknownModelError(f"model {model!r} is not published: {e}") from e
+        self._known[model] = now + KNOWN_MODEL_TTL_S
+
+    def encode_inputs(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        """Tensors become the wire form; nested lists travel as they are."""
+        if not isinstance(inputs, Mapping):
+            raise InvalidInputError("inputs must map input names to tensors or nested lists")
+        return {name: encode_tensor(v) if isinstance(v, torch.Tensor) else v for name, v in inputs.items()}
+
+    def submit(self, model: str, inputs: Mapping[str, Any], *, timeout_s: float | None = None) -> PendingInference:
+        """Enqueue one request and return at once.
+
+        Records the arrival (the scheduler's traffic) and, when no worker holds the model HOT,
+        sends one lazy pre-warm that a worker with room takes: the request waits in its queue
+        and is answered as soon as a worker joins it.
+
+        Raises:
+            InvalidNameError: the model name is not a safe name.
+            UnknownModelError: no such model is published.
+            PayloadTooLargeError: the encoded request is far over the size limit.
+        """
+        validate_name(model)
+        self._check_published(model)
+        payload = self.encode_inputs(inputs)
+        check_payload_size(json.dumps(payload), self.settings.max_payload_bytes)
+        self.traffic.record(model)
+        if not self.registry.hot_workers(model) and self.registry.claim_prewarm(model, self.settings.prewarm_claim_s):
+            self.app.send_task(TASK_PREWARM, kwargs={"model": model, "tier": "HOT", "lazy": True}, queue=PREWARM_QUEUE)
+        result = self.app.send_task(TASK_INFER, kwargs={"model": model, "inputs": payload}, queue=infer_queue(model))
+        return PendingInference(result, model, self.settings.inference_timeout_s if timeout_s is None else timeout_s)
+
+    def infer(self, model: str, inputs: Mapping[str, Any], timeout_s: float | None = None) -> dict[str, torch.Tensor]:
+        """Enqueue one request and wait for its outputs (see :meth:`submit`)."""
+        return self.submit(model, inputs, timeout_s=timeout_s).get()

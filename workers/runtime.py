@@ -1,0 +1,189 @@
+"""The worker process: its pool, its background loops, and Celery's signals that start them.
+
+A warmstart worker is a Celery worker with the ``threads`` (or ``solo``) pool, so that the
+models it holds live in the one process that consumes their queues. At start it pays torch's
+one-time initialisation, consumes only its own control queue and the shared pre-warm queue,
+and warms its eager models; a model's inference queue is consumed only once that model is HOT.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from typing import Any
+
+from celery import Celery
+from celery.signals import celeryd_after_setup, worker_ready, worker_shutdown
+
+from infra.celery_app import PREWARM_QUEUE, app_settings, control_queue, infer_queue
+from infra.errors import WarmstartError, WorkerError
+from infra.redis_client import connect
+from infra.settings import Settings
+from snapshot.cache import SnapshotCache
+from snapshot.process import prepare_process, resolve_device
+from snapshot.stores import open_store
+from workers.pool import ModelPool
+from workers.registry import WorkerRegistry
+
+log = logging.getLogger(__name__)
+
+SUPPORTED_POOLS = ("threads", "solo")
+
+
+class CeleryGate:
+    """Opens and closes inference queues on this worker through Celery's remote control.
+
+    The broadcast is handled by the worker's own event loop, the one thread that may touch
+    its consumers, so it is safe to call from task and background threads.
+    """
+
+    def __init__(self, app: Celery, nodename: str) -> None:
+        self.app = app
+        self.nodename = nodename
+
+    def open(self, model: str) -> None:
+        self.app.control.add_consumer(infer_queue(model), destination=[self.nodename], reply=False)
+
+    def close(self, model: str) -> None:
+        self.app.control.cancel_consumer(infer_queue(model), destination=[self.nodename], reply=False)
+
+
+class WorkerRuntime:
+    """Everything one worker process holds besides Celery itself."""
+
+    def __init__(self, app: Celery, settings: Settings, nodename: str) -> None:
+        self.app = app
+        self.settings = settings
+        self.nodename = nodename
+        self.name = settings.worker_name or nodename
+        self.started_at = time.time()
+        self.device = resolve_device(settings.device)
+        self.registry = WorkerRegistry(connect(settings.redis_url))
+        self.pool = ModelPool(
+            settings,
+            self.name,
+            open_store(settings),
+            SnapshotCache(
+                settings.cache_dir,
+                settings.cache_budget_bytes,
+                concurrency=settings.fetch_concurrency,
+                part_bytes=settings.fetch_part_bytes,
+            ),
+            self.registry,
+            CeleryGate(app, nodename),
+            self.device,
+        )
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def eager_models(self) -> list[str]:
+        """Models to warm at start: the configured eager ones, in the hot ``prod`` profile."""
+        return list(self.settings.eager_models) if self.settings.profile == "prod" else []
+
+    def heartbeat_info(self) -> dict[str, Any]:
+        return {
+            "nodename": self.nodename,
+            "pid": os.getpid(),
+            "started_at": self.started_at,
+            "device": str(self.device),
+            "profile": self.settings.profile,
+            "control_queue": control_queue(self.name),
+            "budgets": {
+                "cache_bytes": self.settings.cache_budget_bytes,
+                "host_bytes": self.settings.host_budget_bytes,
+                "device_bytes": self.settings.device_budget_bytes,
+            },
+            "usage": self.pool.usage(),
+        }
+
+    def start_background(self) -> None:
+        self._loop("heartbeat", self.settings.heartbeat_interval_s, self._beat, run_first=True)
+        self._loop("health", self.settings.health_interval_s, self.pool.health_tick)
+        eager = self.eager_models()
+        if eager:
+            thread = threading.Thread(target=self._warm_eager, args=(eager,), name="warmstart-eager", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def _beat(self) -> None:
+        self.registry.heartbeat(self.name, self.heartbeat_info(), self.settings.heartbeat_ttl_s)
+
+    def _warm_eager(self, models: list[str]) -> None:
+        for model in models:
+            try:
+                self.pool.ensure(model, "HOT")
+                log.info("eager model %s is HOT", model)
+            except WarmstartError as e:
+                log.error("eager model %s could not be warmed: %s", model, e)
+
+    def _loop(self, name: str, interval_s: float, body: Any, run_first: bool = False) -> None:
+        def run() -> None:
+            if run_first:
+                body()
+            while not self._stop.wait(interval_s):
+                try:
+                    body()
+                except Exception:  # a loop that dies silently would stop heartbeats or checks
+                    log.exception("warmstart %s loop failed; continuing", name)
+
+        thread = threading.Thread(target=run, name=f"warmstart-{name}", daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def stop(self) -> None:
+        self._stop.set()
+        try:
+            self.registry.forget_worker(self.name)
+        except WarmstartError:
+            log.warning("could not remove %s from the registry at shutdown", self.name)
+
+
+_runtime: WorkerRuntime | None = None
+_runtime_lock = threading.Lock()
+_nodename: str | None = None
+
+
+def current_runtime() -> WorkerRuntime:
+    """The runtime of this worker process (built on first use)."""
+    global _runtime
+    with _runtime_lock:
+        if _runtime is None:
+            from infra.celery_app import app
+
+            if _nodename is None:
+                raise WorkerError("warmstart tasks run only inside a warmstart worker process")
+            _runtime = WorkerRuntime(app, app_settings(app), _nodename)
+        return _runtime
+
+
+@celeryd_after_setup.connect
+def _after_setup(sender: str, instance: Any, **_: Any) -> None:
+    """Pick the queues this worker starts with and pay torch's one-time initialisation."""
+    global _nodename
+    pool_name = getattr(instance.pool_cls, "__module__", "") + "." + getattr(instance.pool_cls, "__name__", "")
+    if not any(name in pool_name for name in ("thread", "solo")):
+        raise WorkerError(
+            f"warmstart workers need the threads or solo pool (got {pool_name}): models live in "
+            "the worker process itself. Start with `warmstart worker` or `celery -A "
+            "infra.celery_app worker -P threads`"
+        )
+    _nodename = sender
+    settings = app_settings(instance.app)
+    name = settings.worker_name or sender
+    queues = instance.app.amqp.queues
+    queues.select(control_queue(name))
+    queues.select_add(PREWARM_QUEUE)
+    prepare_process(settings.device)
+
+
+@worker_ready.connect
+def _on_ready(**_: Any) -> None:
+    current_runtime().start_background()
+
+
+@worker_shutdown.connect
+def _on_shutdown(**_: Any) -> None:
+    if _runtime is not None:
+        _runtime.stop()
