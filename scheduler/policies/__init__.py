@@ -1,0 +1,60 @@
+"""Warm-up policies: ``fixed-N`` keep-alive, the ``hybrid`` histogram policy, ``warmstart``.
+
+All share the interface of :mod:`scheduler.policies.base`; build one by name with
+:func:`make_policy`.
+"""
+
+from __future__ import annotations
+
+import re
+
+from infra.errors import SchedulerError
+from scheduler.policies.base import (
+    Decision,
+    ModelContext,
+    Policy,
+    Tier,
+    TrafficState,
+    observe,
+)
+
+KNOWN_POLICIES = ("fixed-10", "fixed-N (N whole minutes)", "hybrid", "warmstart",
+                  "warmstart-B (B break-even minutes)")
+
+
+def make_policy(name: str) -> Policy:
+    """Build a policy by name.
+
+    Args:
+        name: ``fixed-N`` (keep-alive N minutes, e.g. ``fixed-10``), ``hybrid``,
+            ``warmstart`` (break-even 10 minutes) or ``warmstart-B`` (break-even B minutes).
+
+    Returns:
+        A fresh :class:`Policy`.
+
+    Raises:
+        SchedulerError: the name is unknown; the message lists the known ones.
+    """
+    # Imported here: the cost model imports the base module, and warmstart imports costs.
+    from scheduler.policies.fixed import FixedKeepAlive
+    from scheduler.policies.hybrid import HybridHistogram
+    from scheduler.policies.warmstart import WarmstartPolicy
+
+    key = name.strip().lower()
+    if key == "hybrid":
+        return HybridHistogram()
+    if key == "warmstart":
+        return WarmstartPolicy()
+    m = re.fullmatch(r"fixed-(\d+)", key)
+    if m:
+        return FixedKeepAlive(int(m.group(1)))
+    m = re.fullmatch(r"warmstart-(\d+(?:\.\d+)?)", key)
+    if m and float(m.group(1)) > 0:
+        return WarmstartPolicy(float(m.group(1)))
+    raise SchedulerError(
+        f"unknown policy {name!r}; known policies: {', '.join(KNOWN_POLICIES)}"
+    )
+
+
+__all__ = ["Decision", "ModelContext", "Policy", "Tier", "TrafficState", "make_policy",
+           "observe", "KNOWN_POLICIES"]

@@ -1,0 +1,289 @@
+"""The beat: each tick reads traffic and worker state from Redis, runs the policy and the
+planner (pure code), and sends the difference as tasks to each worker's control queue.
+
+One tick:
+
+1. take (or keep) the leader lease — only one beat acts at a time, however many run;
+2. read alive and dead workers (missed heartbeats) and what each holds at which tier;
+3. feed each model's newly completed traffic minutes through the policy, whose state is
+   kept in Redis as JSON, to get its demand for the next minute;
+4. plan placements by value per byte within each worker's budgets (dead workers' models
+   are placed on live ones), with hysteresis;
+5. send ``prewarm`` / ``demote`` to the workers concerned (not again while one is in
+   flight), keep-warm pings for models that stay HOT, and a health-check fan-out.
+
+Why not Celery's own beat: its entries only enqueue tasks for workers to run, whereas the
+planner must run in one place, against one consistent reading of the cluster, under a lease.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from celery import Celery
+
+from infra.celery_app import (
+    TASK_DEMOTE,
+    TASK_HEALTH_CHECK,
+    TASK_KEEP_WARM,
+    TASK_PREWARM,
+    control_queue,
+    create_app,
+)
+from infra.errors import SnapshotError, WarmstartError
+from infra.redis_client import connect, key, redis_errors
+from infra.settings import Settings
+from scheduler.costs import ModelCosts, default_to_hot_s
+from scheduler.planner import ModelDemand, Plan, PlanConfig, WorkerState, plan
+from scheduler.policies import ModelContext, TrafficState, make_policy
+from scheduler.policies.base import Decision, Tier
+from scheduler.traffic import TrafficRecorder
+from snapshot.catalog import list_models, read_manifest, resolve_version
+from snapshot.stores import open_store
+from workers.registry import WorkerRegistry
+
+log = logging.getLogger(__name__)
+
+# Renew the lease only if we still hold it (compare and extend, atomically).
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+#: How long the catalog of published models (names and sizes) is trusted.
+CATALOG_TTL_S = 30.0
+
+
+#: Each tier's step towards HOT, and the worker transitions that make it up.
+_STEPS = (("HOST", ("HOST>DEVICE", "DEVICE>HOT")), ("DISK", ("DISK>HOST",)), ("REMOTE", ("REMOTE>DISK",)))
+
+
+def to_hot_from_measured(measured: dict[str, float], size_bytes: int) -> dict[str, float]:
+    """Seconds to HOT from each tier: each step as a worker measured it (``"DISK>HOST"`` …),
+    or, where it was never measured, the cost model's default for the model's size."""
+    default = default_to_hot_s(size_bytes)
+    result, previous = {"HOT": 0.0}, "HOT"
+    for tier, edges in _STEPS:
+        if all(e in measured for e in edges):
+            step = sum(measured[e] for e in edges)
+        else:
+            step = default[tier] - default[previous]
+        result[tier] = result[previous] + step
+        previous = tier
+    return result
+
+
+@dataclass
+class TickReport:
+    """What one tick decided and sent (for logs, the demo and tests)."""
+
+    leader: bool
+    now_min: int = 0
+    decisions: dict[str, dict[str, Any]] = field(default_factory=dict)
+    sent: list[dict[str, Any]] = field(default_factory=list)
+    dead_workers: list[str] = field(default_factory=list)
+    unplaced: list[str] = field(default_factory=list)
+
+
+class BeatScheduler:
+    """The scheduler. ``tick(now_s)`` is one planning round; ``run()`` ticks forever."""
+
+    def __init__(self, settings: Settings, app: Celery | None = None) -> None:
+        self.settings = settings
+        self.app = app or create_app(settings)
+        self.client = connect(settings.redis_url)
+        self.registry = WorkerRegistry(self.client)
+        self.traffic = TrafficRecorder(self.client, settings.traffic_retention_min, settings.traffic_minute_s)
+        self.policy = make_policy(settings.policy)
+        self.store = open_store(settings)
+        self.id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self._renew = self.client.register_script(_RENEW)
+        self._catalog: dict[str, int] = {}
+        self._catalog_at = -1e9
+        self._in_flight: dict[tuple[str, str], tuple[str, float]] = {}
+        self._placed_at: dict[tuple[str, str], tuple[str, int]] = {}
+        self._last_keep_warm = -1e9
+        self._last_health = -1e9
+        self._stop = threading.Event()
+
+    # --- leadership -----------------------------------------------------------------------
+
+    def acquire_lease(self) -> bool:
+        """True while this beat is the one that acts (lease renewed on every tick)."""
+        ttl_ms = int(max(3 * self.settings.plan_interval_s, 5.0) * 1000)
+        name = key("beat", "leader")
+        with redis_errors(self.client, "taking the beat lease"):
+            if self.client.set(name, self.id, nx=True, px=ttl_ms):
+                return True
+            return bool(self._renew(keys=[name], args=[self.id, ttl_ms]))
+
+    def release_lease(self) -> None:
+        with redis_errors(self.client, "releasing the beat lease"):
+            if self.client.get(key("beat", "leader")) == self.id:
+                self.client.delete(key("beat", "leader"))
+
+    # --- inputs ---------------------------------------------------------------------------
+
+    def catalog(self) -> dict[str, int]:
+        """Published models and their sizes in bytes (refreshed every CATALOG_TTL_S)."""
+        if time.monotonic() - self._catalog_at < CATALOG_TTL_S:
+            return self._catalog
+        sizes: dict[str, int] = {}
+        for model in list_models(self.store):
+            try:
+                manifest = read_manifest(self.store, model, resolve_version(self.store, model))
+            except SnapshotError as e:
+                log.warning("skipping model %s: %s", model, e)
+                continue
+            sizes[model] = manifest.weights.size_bytes
+        self._catalog, self._catalog_at = sizes, time.monotonic()
+        return sizes
+
+    def demand(self, model: str, context: ModelContext, now_min: int) -> Decision:
+        """Feed the completed minutes since the last tick through the policy; its decision."""
+        state_key = key("policy", self.policy.name, model)
+        with redis_errors(self.client, f"reading the policy state of {model!r}"):
+            raw = self.client.get(state_key)
+        stored = json.loads(raw) if raw else None
+        state = TrafficState.from_dict(stored["state"]) if stored else TrafficState()
+        decision = Decision(Tier(stored["decision"]["tier"]), stored["decision"]["arrival_prob"]) if stored else None
+        start = now_min - self.settings.beat_catchup_min
+        if state.last_observed_min is not None:
+            start = max(start, state.last_observed_min + 1)
+        if start < now_min:
+            counts = self.traffic.minute_counts(model, start, now_min)
+            for minute in range(start, now_min):
+                decision, state = self.policy.step(context, state, minute, counts.get(minute, 0))
+            assert decision is not None
+            record = {"state": state.to_dict(), "decision": {"tier": decision.tier.value, "arrival_prob": decision.arrival_prob}}
+            with redis_errors(self.client, f"saving the policy state of {model!r}"):
+                self.client.set(state_key, json.dumps(record))
+        return decision or Decision(Tier.REMOTE, 0.0)
+
+    def worker_states(self, now_min: int) -> tuple[list[WorkerState], list[str], dict[str, dict[str, Any]]]:
+        alive, dead = self.registry.workers()
+        states: list[WorkerState] = []
+        for name in sorted(alive) + dead:
+            info = alive.get(name, {})
+            budgets = info.get("budgets", {})
+            tiers: dict[str, str] = {}
+            placed: dict[str, int] = {}
+            for model, state in self.registry.models_of(name).items():
+                tier = {"DEVICE": "HOST"}.get(state["tier"], state["tier"])  # planner tiers
+                if tier in ("HOT", "HOST", "DISK"):
+                    tiers[model] = tier
+                    seen_tier, since = self._placed_at.get((name, model), (tier, now_min))
+                    self._placed_at[(name, model)] = (tier, since if seen_tier == tier else now_min)
+                    placed[model] = self._placed_at[(name, model)][1]
+            states.append(
+                WorkerState(
+                    name=name,
+                    device_budget_bytes=int(budgets.get("device_bytes", 0)),
+                    host_budget_bytes=int(budgets.get("host_bytes", 0)),
+                    disk_budget_bytes=int(budgets.get("cache_bytes", 0)),
+                    tiers=tiers,  # type: ignore[arg-type]
+                    placed_at_min=placed,
+                    alive=name in alive,
+                )
+            )
+        return states, dead, alive
+
+    # --- one tick -------------------------------------------------------------------------
+
+    def tick(self, now_s: float | None = None) -> TickReport:
+        """One planning round at wall-clock ``now_s`` (default: now)."""
+        now_s = time.time() if now_s is None else now_s
+        if not self.acquire_lease():
+            return TickReport(leader=False)
+        now_min = self.traffic.minute_of(now_s)
+        report = TickReport(leader=True, now_min=now_min)
+        catalog = self.catalog()
+        workers, dead, alive = self.worker_states(now_min)
+        report.dead_workers = dead
+        reference = int(sum(catalog.values()) / len(catalog)) if catalog else None
+        demands: list[ModelDemand] = []
+        costs: dict[str, ModelCosts] = {}
+        eager = set(self.settings.eager_models)
+        for model, size in catalog.items():
+            to_hot = to_hot_from_measured(self.registry.transition_costs(model), size)
+            costs[model] = ModelCosts(model, size, to_hot)
+            context = ModelContext(model=model, to_hot_s=to_hot, size_bytes=size, reference_bytes=reference)
+            decision = self.demand(model, context, now_min)
+            demands.append(ModelDemand(model, decision.tier, decision.arrival_prob, eager=model in eager))
+            report.decisions[model] = {"tier": decision.tier.value, "arrival_prob": round(decision.arrival_prob, 4)}
+        result = plan(demands, workers, costs, PlanConfig(profile=self.settings.profile, now_min=now_min))
+        report.unplaced = list(result.unplaced)
+        self._dispatch(result, workers, report, now_s)
+        for name in dead:
+            log.warning("worker %s missed its heartbeats: its models were placed elsewhere", name)
+            self.registry.forget_worker(name)
+        self._fan_out(result, alive, report)
+        return report
+
+    def _dispatch(self, result: Plan, workers: list[WorkerState], report: TickReport, now_s: float) -> None:
+        current = {w.name: {m: str(getattr(t, "value", t)) for m, t in w.tiers.items()} for w in workers if w.alive}
+        timeout_s = max(60.0, 6 * self.settings.plan_interval_s)
+        for worker, actions in result.actions.items():
+            for action in actions:
+                if action.kind == "keep":
+                    continue
+                target = action.tier.value if action.kind != "drop" else "REMOTE"
+                if current.get(worker, {}).get(action.model, "REMOTE") == target:
+                    continue
+                pending = self._in_flight.get((worker, action.model))
+                if pending and pending[0] == target and now_s - pending[1] < timeout_s:
+                    continue  # already sent; the worker is on it
+                task = TASK_PREWARM if action.kind == "prewarm" else TASK_DEMOTE
+                self.app.send_task(task, kwargs={"model": action.model, "tier": target}, queue=control_queue(worker))
+                self._in_flight[(worker, action.model)] = (target, now_s)
+                report.sent.append({"task": task, "worker": worker, "model": action.model, "tier": target})
+
+    def _fan_out(self, result: Plan, alive: dict[str, dict[str, Any]], report: TickReport) -> None:
+        now = time.monotonic()
+        if now - self._last_keep_warm >= self.settings.keep_warm_interval_s:
+            self._last_keep_warm = now
+            for model in result.keep_warm:
+                worker = result.placement.get(model, (None,))[0]
+                if worker in alive:
+                    self.app.send_task(TASK_KEEP_WARM, kwargs={"model": model}, queue=control_queue(worker))
+                    report.sent.append({"task": TASK_KEEP_WARM, "worker": worker, "model": model})
+        if now - self._last_health >= self.settings.health_interval_s:
+            self._last_health = now
+            for worker in alive:
+                self.app.send_task(TASK_HEALTH_CHECK, kwargs={}, queue=control_queue(worker))
+                report.sent.append({"task": TASK_HEALTH_CHECK, "worker": worker})
+
+    # --- the loop -------------------------------------------------------------------------
+
+    def run(self, max_ticks: int | None = None) -> None:
+        """Tick every ``plan_interval_s`` until :meth:`stop` (or ``max_ticks``)."""
+        ticks = 0
+        try:
+            while not self._stop.is_set() and (max_ticks is None or ticks < max_ticks):
+                started = time.monotonic()
+                try:
+                    report = self.tick()
+                    if report.leader and report.sent:
+                        log.info("tick %d: sent %s", report.now_min, report.sent)
+                except WarmstartError as e:  # Redis or the store down: try again next tick
+                    log.error("beat tick failed: %s", e)
+                ticks += 1
+                self._stop.wait(max(0.0, self.settings.plan_interval_s - (time.monotonic() - started)))
+        finally:
+            try:
+                self.release_lease()
+            except WarmstartError:
+                pass
+
+    def stop(self) -> None:
+        self._stop.set()

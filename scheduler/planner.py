@@ -1,0 +1,226 @@
+"""The planner: place models on workers' tiers within budgets, by value per byte.
+
+Pure: plain dataclasses in, a :class:`Plan` out; the beat task reads the inputs from Redis
+and turns the actions into tasks on each worker's queue.
+
+Per tier, from warmest (HOT on the device budget, then HOST, then DISK), models that want that
+tier or warmer are ranked by value per byte — expected cold-start seconds avoided in the next
+minute per byte of that tier's budget (:meth:`ModelCosts.value_per_byte`) — and placed
+greedily. Eager models (in ``prod``) come first. Hysteresis keeps placements stable:
+
+- an incumbent (a model already at that tier or warmer on a worker) has its value multiplied
+  by ``replace_margin``, so a newcomer must be clearly better to take its place;
+- a model placed less than ``min_residency_min`` minutes ago is not moved or demoted while it
+  fits;
+- a model stays on the worker where it already is when that worker has room.
+
+Each model is placed on at most one live worker. A dead worker's models count as not placed
+anywhere, so they go to live workers. Budgets are per tier and independent (a HOT model uses
+the device budget, a HOST model the host budget, a DISK model the disk budget) and are never
+exceeded by the planned state. Profile ``dev`` is cold: the planner orders no pre-warm, only
+keeps, demotes and drops what is already loaded; ``prod`` pre-warms.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from infra.errors import SchedulerError
+from scheduler.costs import ModelCosts
+from scheduler.policies.base import TIER_ORDER, Tier
+
+_RANK = {t: i for i, t in enumerate(TIER_ORDER)}  # 0 = HOT (warmest)
+_PLACED_TIERS = (Tier.HOT, Tier.HOST, Tier.DISK)
+
+
+@dataclass(frozen=True)
+class ModelDemand:
+    """A policy's prediction for one model.
+
+    Attributes:
+        model: the model's name.
+        tier: the tier the policy wants the model at (REMOTE = may be dropped).
+        arrival_prob: probability of an arrival in the next minute (0..1).
+        eager: pre-warm before any traffic (placed HOT in ``prod`` whenever it fits).
+    """
+
+    model: str
+    tier: Tier
+    arrival_prob: float = 0.0
+    eager: bool = False
+
+
+@dataclass(frozen=True)
+class WorkerState:
+    """One worker as the planner sees it.
+
+    Attributes:
+        name: the worker's name.
+        device_budget_bytes, host_budget_bytes, disk_budget_bytes: budgets per tier.
+        tiers: the current tier of each model it holds (``Tier`` or its value).
+        placed_at_min: minute each held model reached its current tier (for min residency).
+        alive: False when its heartbeat expired; its models are re-placed elsewhere.
+    """
+
+    name: str
+    device_budget_bytes: int
+    host_budget_bytes: int
+    disk_budget_bytes: int
+    tiers: dict[str, Tier | str] = field(default_factory=dict)
+    placed_at_min: dict[str, int] = field(default_factory=dict)
+    alive: bool = True
+
+    def budget(self, tier: Tier) -> int:
+        return {Tier.HOT: self.device_budget_bytes, Tier.HOST: self.host_budget_bytes,
+                Tier.DISK: self.disk_budget_bytes}[tier]
+
+
+@dataclass(frozen=True)
+class PlanConfig:
+    """Planner settings.
+
+    Attributes:
+        profile: ``dev`` (cold: nothing pre-warmed) or ``prod`` (hot: pre-warm by demand).
+        now_min: the current minute (for minimum residency).
+        replace_margin: factor by which an incumbent's value is raised against newcomers.
+        min_residency_min: minutes a placement is held before it may be moved or demoted.
+    """
+
+    profile: Literal["dev", "prod"] = "prod"
+    now_min: int = 0
+    replace_margin: float = 1.5
+    min_residency_min: int = 5
+
+
+@dataclass(frozen=True)
+class Action:
+    """One change (or confirmation) for a worker: ``prewarm``, ``keep``, ``demote``, ``drop``."""
+
+    kind: Literal["prewarm", "keep", "demote", "drop"]
+    model: str
+    tier: Tier
+
+
+@dataclass
+class Plan:
+    """The planner's output.
+
+    Attributes:
+        actions: per live worker, its actions (one per model it should or did hold).
+        placement: per model, ``(worker, tier)`` in the planned state.
+        keep_warm: models planned HOT that stay HOT (they get a keep-warm ping).
+        unplaced: models that wanted a tier but fit nowhere.
+    """
+
+    actions: dict[str, list[Action]] = field(default_factory=dict)
+    placement: dict[str, tuple[str, Tier]] = field(default_factory=dict)
+    keep_warm: list[str] = field(default_factory=list)
+    unplaced: list[str] = field(default_factory=list)
+
+
+def plan(demands: list[ModelDemand], workers: list[WorkerState],
+         costs: dict[str, ModelCosts], config: PlanConfig | None = None) -> Plan:
+    """Place models on workers' tiers and return the actions that get there.
+
+    Args:
+        demands: one prediction per model (from a policy's :class:`Decision`).
+        workers: every known worker, alive or not, with its budgets and current tiers.
+        costs: per model its size and seconds to HOT from each tier.
+        config: profile, clock and hysteresis settings (defaults when None).
+
+    Returns:
+        The :class:`Plan`.
+
+    Raises:
+        SchedulerError: a demand names a model without costs, or two workers share a name.
+    """
+    cfg = config or PlanConfig()
+    if len({w.name for w in workers}) != len(workers):
+        raise SchedulerError("two workers share a name; worker names must be unique")
+    for d in demands:
+        if d.model not in costs:
+            raise SchedulerError(
+                f"no costs for model {d.model!r}; pass its size and load times in costs"
+            )
+    live = [w for w in workers if w.alive]
+    current = {w.name: {m: Tier(t) for m, t in w.tiers.items()} for w in live}
+    used = {w.name: {t: 0 for t in _PLACED_TIERS} for w in live}
+    placement: dict[str, tuple[str, Tier]] = {}
+    unplaced: list[str] = []
+
+    def where(model: str) -> tuple[str, Tier] | None:
+        held = [(w, cur[model]) for w, cur in current.items() if model in cur]
+        return min(held, key=lambda x: _RANK[x[1]]) if held else None
+
+    def target(d: ModelDemand) -> Tier:
+        held = where(d.model)
+        want = Tier.HOT if d.eager and cfg.profile == "prod" else Tier(d.tier)
+        if cfg.profile == "dev":
+            # Cold profile: never raise a model; only keep (or lower) what requests loaded.
+            want = Tier.REMOTE if held is None else TIER_ORDER[max(_RANK[want], _RANK[held[1]])]
+        return want
+
+    targets = {d.model: target(d) for d in demands}
+    by_model = {d.model: d for d in demands}
+    for tier in _PLACED_TIERS:
+        colder = TIER_ORDER[_RANK[tier] + 1]
+
+        def score(d: ModelDemand) -> tuple[int, int, float]:
+            c = costs[d.model]
+            value = c.value_per_byte(tier, max(d.arrival_prob, 1e-12), colder)
+            held = where(d.model)
+            pinned = 0
+            if held is not None and _RANK[held[1]] <= _RANK[tier]:
+                value *= cfg.replace_margin
+                since = _placed_since(workers, held[0], d.model)
+                if since is not None and cfg.now_min - since < cfg.min_residency_min:
+                    pinned = 1
+            eager = int(d.eager and cfg.profile == "prod")
+            return (eager, pinned, value)
+
+        wanting = [by_model[m] for m, t in targets.items()
+                   if m not in placement and _RANK[t] <= _RANK[tier]]
+        for d in sorted(wanting, key=score, reverse=True):
+            size = costs[d.model].size_bytes
+            held = where(d.model)
+            order = sorted(live, key=lambda w: (held is None or w.name != held[0],
+                                                -(w.budget(tier) - used[w.name][tier])))
+            for w in order:
+                if used[w.name][tier] + size <= w.budget(tier):
+                    used[w.name][tier] += size
+                    placement[d.model] = (w.name, tier)
+                    break
+            else:
+                if tier == Tier.DISK:
+                    unplaced.append(d.model)
+    return _actions(live, current, placement, unplaced, cfg)
+
+
+def _placed_since(workers: list[WorkerState], worker: str, model: str) -> int | None:
+    for w in workers:
+        if w.name == worker:
+            return w.placed_at_min.get(model)
+    return None
+
+
+def _actions(live: list[WorkerState], current: dict[str, dict[str, Tier]],
+             placement: dict[str, tuple[str, Tier]], unplaced: list[str],
+             cfg: PlanConfig) -> Plan:
+    out = Plan(actions={w.name: [] for w in live}, placement=placement,
+               unplaced=sorted(set(unplaced)))
+    for model, (worker, tier) in sorted(placement.items()):
+        was = current[worker].get(model)
+        if was is None or _RANK[tier] < _RANK[was]:
+            out.actions[worker].append(Action("prewarm", model, tier))
+        elif tier == was:
+            out.actions[worker].append(Action("keep", model, tier))
+            if tier == Tier.HOT:
+                out.keep_warm.append(model)
+        else:
+            out.actions[worker].append(Action("demote", model, tier))
+    for w in live:
+        for model in sorted(current[w.name]):
+            if placement.get(model, ("", None))[0] != w.name:
+                out.actions[w.name].append(Action("drop", model, Tier.REMOTE))
+    return out

@@ -1,0 +1,211 @@
+"""warmstart's own policy: load a model exactly in the minutes where an arrival is likely
+enough to pay for the memory, at the tier whose cost the odds justify.
+
+Keeping a model HOT for one more minute costs that minute of its GPU memory if nothing
+arrives, and saves a cold start if something does. If a cold start is worth ``B`` minutes of
+the model's GPU memory (``breakeven_min`` scaled by the fleet's reference size over this
+model's size; default 240, see ``DEFAULT_BREAKEVEN_MIN``), the model should be
+HOT in the next minute exactly when the probability of an arrival then, ``h``, satisfies
+``h · B ≥ 1 - h``, i.e. ``h ≥ θ = 1/(1 + B)``. Every minute is an independent decision
+(a pre-warm is ordered a minute ahead), so the rule minimises expected waste + B × colds.
+
+``h`` is learned online per model, from three sources, in this order:
+
+1. **Idle-time hazard.** After an arrival, ``h(d)`` for ``d`` minutes of idleness is the
+   discrete hazard of the next idle time: ``P(next = d) / P(next ≥ d)``. The distribution is
+   the Bayesian posterior predictive under a Dirichlet-process prior of weight one idle time
+   whose base measure is the model's own histogram blurred by ±10% of each idle time (timer
+   jitter grows with the period). One observation therefore covers its neighbourhood like
+   hybrid's 10% margins, and the blur fades as the exact idle time repeats, so periodic
+   models end up loaded only in the minute they are called.
+2. **Daily profile.** Beyond the histogram's support (idle longer than any seen in range, or
+   out of range), once a full day has been observed: the fraction of past days with an
+   arrival within ±``DAILY_JITTER_MIN`` minutes of the next minute-of-day.
+3. **Ski rental.** With no idle time observed yet, nothing can be predicted: keep the model
+   HOT for ``B`` minutes, the deterministic 2-competitive rule for this valuation, then at
+   HOST over the histogram's range (a host copy is cheap).
+
+Below the HOT threshold, the model is held at HOST while ``h`` is above the HOST threshold
+that :func:`scheduler.costs.host_threshold` derives from the tier load times and prices (a
+host copy saves most of a cold start for a fraction of the price), else on DISK.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from infra.errors import SchedulerError
+from scheduler.costs import ModelCosts, Prices, host_threshold
+from scheduler.policies.base import (
+    IDLE_BINS,
+    MINUTES_PER_DAY,
+    Decision,
+    ModelContext,
+    Policy,
+    Tier,
+    TrafficState,
+)
+
+#: Default valuation of a cold start, in minutes of the fleet's reference model's GPU memory:
+#: the histogram range (4 h), which is what the published hybrid policy spends on a model it
+#: knows nothing about (its standard keep-alive fallback); same price, better placement.
+DEFAULT_BREAKEVEN_MIN = 240.0
+#: Weight of the coarse-scale prior, in idle times: one pseudo-observation.
+PRIOR_WEIGHT = 1.0
+#: Minute-of-day tolerance of the daily profile.
+DAILY_JITTER_MIN = 2
+
+
+def idle_hazard(idle_hist: list[int], idle_oob: int) -> np.ndarray:
+    """Hazard of the next idle time for each idle length 0..IDLE_BINS-1 (see module doc).
+
+    ``h(d) = (n(d) + k·h̄(d)) / (R(d) + k)``: ``n(d)`` idle times of exactly ``d`` minutes,
+    ``R(d)`` idle times of at least ``d`` (at risk), shrunk with ``k = PRIOR_WEIGHT``
+    pseudo-observations towards ``h̄(d)``, the occurrence/exposure rate over the log-scale
+    window ``[d/2, 2d]`` (events there / at-risk minutes there).
+
+    Args:
+        idle_hist: the idle-time histogram (``IDLE_BINS`` one-minute bins).
+        idle_oob: idle times out of the histogram's range.
+
+    Returns:
+        ``(IDLE_BINS,)`` float array in [0, 1]; 0 where nothing was ever at risk nearby.
+    """
+    n = np.asarray(idle_hist, dtype=np.float64)
+    if n.sum() + idle_oob <= 0:
+        return np.zeros(IDLE_BINS)
+    at_risk = np.cumsum(n[::-1])[::-1] + idle_oob
+    cum_events = np.concatenate(([0.0], np.cumsum(n)))
+    cum_exposure = np.concatenate(([0.0], np.cumsum(at_risk)))
+    d = np.arange(IDLE_BINS)
+    lo = np.maximum(1, d // 2)
+    hi = np.minimum(IDLE_BINS - 1, 2 * d)
+    events = cum_events[hi + 1] - cum_events[lo]
+    exposure = cum_exposure[hi + 1] - cum_exposure[lo]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        coarse = np.where(exposure > 0, events / exposure, 0.0)
+    hazard = (n + PRIOR_WEIGHT * coarse) / (at_risk + PRIOR_WEIGHT)
+    hazard[0] = 0.0
+    return hazard
+
+
+def _intervals(mask: np.ndarray, probs: np.ndarray) -> list[list[float]]:
+    """``[[first_idle_min, last_idle_min, max_prob], …]`` for runs of True in ``mask``."""
+    out: list[list[float]] = []
+    idx = np.flatnonzero(mask)
+    if idx.size == 0:
+        return out
+    breaks = np.flatnonzero(np.diff(idx) > 1)
+    starts = np.concatenate(([idx[0]], idx[breaks + 1]))
+    ends = np.concatenate((idx[breaks], [idx[-1]]))
+    for s, e in zip(starts, ends):
+        out.append([int(s), int(e), round(float(probs[s:e + 1].max()), 6)])
+    return out
+
+
+class WarmstartPolicy(Policy):
+    """Cost-threshold policy on a learned arrival probability (see the module docstring)."""
+
+    name = "warmstart"
+
+    def __init__(self, breakeven_min: float = DEFAULT_BREAKEVEN_MIN, prices: Prices | None = None) -> None:
+        """Args:
+            breakeven_min: what one cold start is worth, in minutes of the model's GPU memory
+                (> 0); the policy's only knob, an operator's valuation, not a fitted value.
+            prices: memory prices for the HOST threshold (defaults when None).
+
+        Raises:
+            SchedulerError: a non-positive ``breakeven_min``.
+        """
+        if not breakeven_min > 0:
+            raise SchedulerError(
+                f"warmstart breakeven_min must be > 0 minutes, got {breakeven_min}; use 10 to "
+                "value a cold start like fixed-10 keep-alive does"
+            )
+        self.breakeven_min = float(breakeven_min)
+        self.hot_threshold = 1.0 / (1.0 + self.breakeven_min)
+        self.prices = prices or Prices()
+        self.name = ("warmstart" if self.breakeven_min == DEFAULT_BREAKEVEN_MIN
+                     else f"warmstart-{breakeven_min:g}")
+
+    def hot_threshold_for(self, context: ModelContext) -> float:
+        """θ for this model: a cold start is worth ``breakeven_min`` minutes of the fleet's
+        reference model's memory, i.e. ``B · reference/size`` minutes of this model's."""
+        if context.size_bytes and context.reference_bytes:
+            breakeven = self.breakeven_min * context.reference_bytes / context.size_bytes
+            return 1.0 / (1.0 + breakeven)
+        return self.hot_threshold
+
+    def _host_threshold(self, context: ModelContext) -> float:
+        costs = None
+        if context.size_bytes and context.size_bytes > 0:
+            costs = ModelCosts(context.model, context.size_bytes, dict(context.to_hot_s or {}))
+        return host_threshold(costs, self.hot_threshold_for(context), self.prices)
+
+    def replan(self, context: ModelContext, state: TrafficState, now_min: int) -> dict[str, Any]:
+        if state.idle_count == 0:
+            return {"mode": "ski-rental"}
+        hazard = idle_hazard(state.idle_hist, state.idle_oob)
+        host_th = self._host_threshold(context)
+        hot = hazard >= self.hot_threshold_for(context)
+        hot[0] = False
+        host = (hazard >= host_th) & ~hot
+        host[0] = False
+        # The support ends where no observed idle time (blurred) reaches: past it, the
+        # daily profile (or nothing) speaks.
+        support = np.flatnonzero(hazard > 0)
+        last = int(support[-1]) if support.size else 0
+        predicted = None
+        if hot[1:].any():
+            predicted = float(np.argmax(hot[1:]) + 1)
+        return {
+            "mode": "hazard",
+            "hot": _intervals(hot, hazard),
+            "host": _intervals(host, hazard),
+            "support_min": last,
+            "host_threshold": host_th,
+            "predicted_idle_min": predicted,
+        }
+
+    def decide(self, context: ModelContext, state: TrafficState, now_min: int) -> Decision:
+        if state.last_arrival_min is None:
+            return Decision(Tier.DISK, 0.0, None, "never-seen")
+        plan = state.plan or self.replan(context, state, now_min)
+        idle_min = now_min + 1 - state.last_arrival_min
+        if plan["mode"] == "ski-rental":
+            theta = self.hot_threshold_for(context)
+            if idle_min <= 1.0 / theta - 1.0:
+                return Decision(Tier.HOT, theta, None, "ski-rental")
+            daily = self._daily(context, state, now_min, "ski-rental-expired")
+            # Nothing learned yet and a host copy is cheap: hold it over the histogram range.
+            if daily.tier == Tier.DISK and idle_min < IDLE_BINS:
+                return Decision(Tier.HOST, daily.arrival_prob, None, "ski-rental-host")
+            return daily
+        predicted = plan.get("predicted_idle_min")
+        next_min = None if predicted is None else state.last_arrival_min + predicted
+        for lo, hi, prob in plan["hot"]:
+            if lo <= idle_min <= hi:
+                return Decision(Tier.HOT, prob, next_min, "hazard")
+        if idle_min <= plan["support_min"]:
+            for lo, hi, prob in plan["host"]:
+                if lo <= idle_min <= hi:
+                    return Decision(Tier.HOST, prob, next_min, "hazard-host")
+            return Decision(Tier.DISK, 0.0, next_min, "hazard-unlikely")
+        return self._daily(context, state, now_min, "beyond-support")
+
+    def _daily(self, context: ModelContext, state: TrafficState, now_min: int,
+               reason: str) -> Decision:
+        days = state.days_observed()
+        if days < 1 or not state.daily_hits:
+            return Decision(Tier.DISK, 0.0, None, reason)
+        minute = (now_min + 1) % MINUTES_PER_DAY
+        window = [state.daily_hits[(minute + j) % MINUTES_PER_DAY]
+                  for j in range(-DAILY_JITTER_MIN, DAILY_JITTER_MIN + 1)]
+        prob = min(1.0, max(window) / days)
+        if prob >= self.hot_threshold_for(context):
+            return Decision(Tier.HOT, prob, None, "daily")
+        if prob > 0 and prob >= self._host_threshold(context):
+            return Decision(Tier.HOST, prob, None, "daily-host")
+        return Decision(Tier.DISK, prob, None, reason)

@@ -1,0 +1,68 @@
+"""Rich tables for the simulator's and the advisor's results."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+
+def print_simulation(result: dict[str, Any], console: Console | None = None) -> None:
+    """Print :func:`scheduler.simulator.simulate` output as a table, one row per policy.
+
+    Args:
+        result: the dict ``simulate`` returned.
+        console: where to print (a new stdout console when None).
+    """
+    console = console or Console()
+    info = result.get("trace", {})
+    table = Table(title=(f"{info.get('models', '?')} models × {info.get('minutes', '?')} minutes, "
+                         f"budget {result.get('budget_bytes', 0) / 2**30:.1f} GiB"))
+    for col in ("policy", "cold %", "Q3 cold %", "waste % (fixed-10=100)", "host waste %",
+                "cold s (budget)", "cold % (budget)", "replay s"):
+        table.add_column(col, justify="left" if col == "policy" else "right",
+                         no_wrap=col == "policy")
+    rows = {**result.get("policies", {}), **result.get("sweep", {})}
+    for name, m in rows.items():
+        table.add_row(
+            name,
+            f"{m['overall_cold_pct']:.2f}",
+            f"{m['q3_cold_pct']:.2f}",
+            f"{m['waste_pct']:.1f}",
+            f"{m['host_waste_pct']:.1f}",
+            f"{m['cold_seconds']:.0f}",
+            f"{m['budget_cold_pct']:.2f}",
+            f"{m['replay_s']:.1f}",
+            style="bold" if name in result.get("policies", {}) else None,
+        )
+    console.print(table)
+
+
+def print_advice(rows: list[dict[str, Any]], console: Console | None = None) -> None:
+    """Print :func:`scheduler.advisor.advise` output as a table, one row per model.
+
+    Args:
+        rows: the list ``advise`` returned.
+        console: where to print (a new stdout console when None).
+    """
+    console = console or Console()
+    table = Table(title="warm-up advice")
+    for col in ("model", "size MiB", "arrivals/day", "policy", "cold starts/day",
+                "cold s/day", "USD/day", "mode", "tier"):
+        table.add_column(col, justify="left" if col in ("model", "policy", "mode", "tier")
+                         else "right")
+    for row in rows:
+        for i, (policy, p) in enumerate(row["policies"].items()):
+            table.add_row(
+                row["model"][:16] if i == 0 else "",
+                f"{row['size_bytes'] / 2**20:.0f}" if i == 0 else "",
+                f"{row['arrivals_per_day']:.0f}" if i == 0 else "",
+                policy,
+                f"{p['cold_starts_per_day']:.1f}",
+                f"{p['cold_seconds_per_day']:.1f}",
+                f"{p['memory_usd_per_day']:.4f}",
+                row["recommendation"]["mode"] if i == 0 else "",
+                row["recommendation"]["tier"] if i == 0 else "",
+            )
+    console.print(table)

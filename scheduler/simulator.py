@@ -1,0 +1,220 @@
+"""Replay a :class:`~scheduler.traces.Trace` through the policies, minute by minute.
+
+Each function of the trace is a model, its invocations are inference requests and its memory
+is the model's size. Every minute, each model's policy sees that minute's arrivals through the
+same :meth:`Policy.step` the live scheduler calls, and decides the model's tier for the next
+minute; a pre-warm ordered at the end of minute ``t`` has the model loaded in minute ``t + 1``.
+
+Metrics per policy (as in Shahrad et al.):
+
+- ``overall_cold_pct``: minutes with arrivals in which the model was not HOT, over all minutes
+  with arrivals, ×100 (a minute with arrivals holds at most one cold start);
+- ``q3_cold_pct``: the 75th percentile over models (with arrivals) of each model's cold %;
+- ``waste_pct``: memory × minutes HOT without arrivals, normalised so that ``fixed-10`` = 100;
+- ``host_waste_pct``: the same at HOST, on the same scale (host memory is ~500× cheaper);
+
+and, under a memory budget (``budget_bytes`` of HOT memory, the same again for HOST; default:
+half the sum of all model sizes, which the policies' HOT sets exceed at peaks):
+
+- ``cold_seconds``: seconds of cold start paid, from the tier each model was at when its
+  requests arrived (HOST, DISK, or REMOTE before its first load), with the cost model's times;
+- ``budget_cold_pct``: the cold % once the models a policy wants HOT in a minute are cut to
+  the budget: they are kept by expected cold-start seconds avoided per byte (arrival
+  probability × seconds saved / bytes) and the rest evicted to HOST (if the HOST budget has
+  room, ranked the same way) or DISK for that minute. The budget bounds what is held ahead of
+  demand; a model loaded by its own requests is served whatever the budget.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from infra.errors import SchedulerError
+from scheduler.costs import ModelCosts, Throughputs, default_to_hot_s
+from scheduler.policies import ModelContext, TrafficState, make_policy
+from scheduler.policies.base import TIER_ORDER, Tier
+from scheduler.traces import Trace
+
+DEFAULT_POLICIES = ["fixed-10", "hybrid", "warmstart"]
+REFERENCE_POLICY = "fixed-10"
+#: Default HOT (and HOST) budget as a fraction of the sum of all model sizes.
+DEFAULT_BUDGET_FRACTION = 0.5
+SWEEP_FIXED_MIN = (1, 2, 5, 20, 30, 60, 120)
+SWEEP_WARMSTART_MIN = (2, 5, 20, 40, 80)
+
+_HOT, _HOST, _DISK, _REMOTE = (TIER_ORDER.index(t) for t in (Tier.HOT, Tier.HOST, Tier.DISK,
+                                                              Tier.REMOTE))
+
+
+def replay(trace: Trace, policy_name: str, contexts: list[ModelContext] | None = None
+           ) -> tuple[np.ndarray, np.ndarray]:
+    """Run one policy over the trace.
+
+    Args:
+        trace: the trace.
+        policy_name: a name :func:`make_policy` knows.
+        contexts: one :class:`ModelContext` per model (sizes and load times), or None.
+
+    Returns:
+        ``(tiers, probs)``: ``(N, T)`` int8 index into ``TIER_ORDER`` of each model's tier in
+        each minute, and ``(N, T)`` float32 arrival probabilities the policy gave with it.
+
+    Raises:
+        SchedulerError: unknown policy name.
+    """
+    policy = make_policy(policy_name)
+    n, t_len = trace.counts.shape
+    tiers = np.full((n, t_len), _DISK, dtype=np.int8)
+    probs = np.zeros((n, t_len), dtype=np.float32)
+    code = {t: TIER_ORDER.index(t) for t in TIER_ORDER}
+    # Trace minutes count from 1 at midnight of day 1; the policies' clock from 0.
+    now = (trace.minutes - 1).tolist()
+    for i in range(n):
+        row = trace.counts[i]
+        first = np.flatnonzero(row)
+        if first.size == 0:
+            continue
+        ctx = contexts[i] if contexts else ModelContext(trace.names[i])
+        state = TrafficState()
+        step = policy.step
+        tier_row, prob_row = tiers[i], probs[i]
+        counts = row.tolist()
+        for t in range(t_len - 1):
+            decision, state = step(ctx, state, now[t], counts[t])
+            tier_row[t + 1] = code[decision.tier]
+            prob_row[t + 1] = decision.arrival_prob
+    return tiers, probs
+
+
+def default_budget_bytes(trace: Trace) -> int:
+    """The default HOT budget: ``DEFAULT_BUDGET_FRACTION`` of the sum of model sizes."""
+    return int(trace.memory_bytes().sum() * DEFAULT_BUDGET_FRACTION)
+
+
+def _budgeted(tiers: np.ndarray, probs: np.ndarray, size: np.ndarray,
+              seconds: np.ndarray, budget_bytes: int) -> tuple[np.ndarray, int]:
+    """Tiers after per-minute eviction under a HOT budget and an equal HOST budget."""
+    out = tiers.copy()
+    evictions = 0
+    saved_hot = seconds[:, _DISK]
+    saved_host = seconds[:, _DISK] - seconds[:, _HOST]
+    for t in range(tiers.shape[1]):
+        col = out[:, t]
+        want = np.flatnonzero(col == _HOT)
+        if want.size and size[want].sum() > budget_bytes:
+            order = want[np.argsort(-(probs[want, t] * saved_hot[want] / size[want]),
+                                    kind="stable")]
+            fits = np.cumsum(size[order]) <= budget_bytes
+            col[order[~fits]] = _HOST
+            evictions += int((~fits).sum())
+        want = np.flatnonzero(col == _HOST)
+        if want.size and size[want].sum() > budget_bytes:
+            order = want[np.argsort(-(probs[want, t] * saved_host[want] / size[want]),
+                                    kind="stable")]
+            fits = np.cumsum(size[order]) <= budget_bytes
+            col[order[~fits]] = _DISK
+    return out, evictions
+
+
+def _metrics(name: str, trace: Trace, tiers: np.ndarray, probs: np.ndarray,
+             seconds: np.ndarray, budget_bytes: int, elapsed_s: float) -> dict[str, Any]:
+    active = trace.counts > 0
+    hot = tiers == _HOT
+    mem_mb = trace.memory_mb[:, None]
+    cold = active & ~hot
+    n_active = active.sum(axis=1)
+    per_model = cold.sum(axis=1)[n_active > 0] / n_active[n_active > 0] * 100
+    size = trace.memory_bytes()
+    b_tiers, evictions = _budgeted(tiers, probs, size, seconds, budget_bytes)
+    b_cold = active & (b_tiers != _HOT)
+    # Before its first arrival a model has never been fetched: it comes from REMOTE.
+    seen_before = np.cumsum(active, axis=1) - active > 0
+    from_tier = np.where(seen_before | (b_tiers == _HOST), b_tiers, _REMOTE)
+    cold_s = np.take_along_axis(seconds, from_tier.astype(np.int64), axis=1)[b_cold].sum()
+    return {
+        "policy": name,
+        "overall_cold_pct": float(cold.sum() / max(active.sum(), 1) * 100),
+        "q3_cold_pct": float(np.percentile(per_model, 75)) if per_model.size else 0.0,
+        "median_cold_pct": float(np.percentile(per_model, 50)) if per_model.size else 0.0,
+        "waste_mb_min": float(((hot & ~active) * mem_mb).sum()),
+        "host_mb_min": float((((tiers == _HOST) & ~active) * mem_mb).sum()),
+        "cold_starts": int(cold.sum()),
+        "cold_seconds": float(cold_s),
+        "budget_cold_pct": float(b_cold.sum() / max(active.sum(), 1) * 100),
+        "evictions": evictions,
+        "replay_s": round(elapsed_s, 3),
+    }
+
+
+def simulate(trace: Trace, policies: list[str] | None = None, budget_bytes: int | None = None,
+             *, sweep: bool = False, throughputs: Throughputs | None = None) -> dict[str, Any]:
+    """Replay ``trace`` through each policy and measure cold starts, waste and cost.
+
+    Args:
+        trace: the trace (see :func:`scheduler.traces.load_trace`).
+        policies: policy names (default ``fixed-10``, ``hybrid``, ``warmstart``); ``fixed-10``
+            is always replayed as the waste reference.
+        budget_bytes: HOT memory budget (and HOST budget) for ``cold_seconds``; default a
+            half of the sum of the model sizes.
+        sweep: also replay fixed-N and warmstart-B for several N and B (for the trade-off
+            plot), under ``"sweep"``.
+        throughputs: load-time defaults of the cost model.
+
+    Returns:
+        JSON-ready ``{"policies": {name: metrics}, "sweep": {name: metrics}, "trace": {…},
+        "budget_bytes": int, "elapsed_s": float}``; metrics are listed in the module doc.
+
+    Raises:
+        SchedulerError: unknown policy name, empty trace or non-positive budget.
+    """
+    names = list(dict.fromkeys(policies or DEFAULT_POLICIES))
+    for name in names:
+        make_policy(name)  # fail before any work on an unknown name
+    if trace.n_models == 0 or trace.n_minutes == 0:
+        raise SchedulerError("the trace has no models or no minutes; check the invocations file")
+    budget = default_budget_bytes(trace) if budget_bytes is None else int(budget_bytes)
+    if budget <= 0:
+        raise SchedulerError(f"budget_bytes must be > 0, got {budget}")
+    size = trace.memory_bytes()
+    seconds_by_model = [default_to_hot_s(int(s), throughputs) for s in size]
+    seconds = np.array([[d[t.value] for t in TIER_ORDER] for d in seconds_by_model])
+    reference = int(size.mean())
+    contexts = [ModelContext(n, d, int(s), reference)
+                for n, d, s in zip(trace.names, seconds_by_model, size)]
+    extra = []
+    if sweep:
+        extra = [f"fixed-{n}" for n in SWEEP_FIXED_MIN] + [
+            f"warmstart-{b}" for b in SWEEP_WARMSTART_MIN]
+    started = time.perf_counter()
+    results: dict[str, dict[str, Any]] = {}
+    for name in dict.fromkeys([REFERENCE_POLICY] + names + extra):
+        t0 = time.perf_counter()
+        tiers, probs = replay(trace, name, contexts)
+        results[name] = _metrics(name, trace, tiers, probs, seconds, budget,
+                                 time.perf_counter() - t0)
+    ref = results[REFERENCE_POLICY]["waste_mb_min"] or 1.0
+    for r in results.values():
+        r["waste_pct"] = r["waste_mb_min"] / ref * 100
+        r["host_waste_pct"] = r["host_mb_min"] / ref * 100
+    active = trace.counts > 0
+    return {
+        "policies": {n: results[n] for n in names},
+        "sweep": {n: results[n] for n in results if n not in names},
+        "trace": {
+            "source": trace.source,
+            "models": trace.n_models,
+            "minutes": trace.n_minutes,
+            "first_minute": int(trace.minutes[0]),
+            "invocations": int(trace.counts.sum()),
+            "active_minutes": int(active.sum()),
+            "total_memory_mb": float(trace.memory_mb.sum()),
+        },
+        "budget_bytes": budget,
+        "elapsed_s": round(time.perf_counter() - started, 3),
+    }
+
+
+__all__ = ["simulate", "replay", "default_budget_bytes", "DEFAULT_POLICIES", "ModelCosts"]

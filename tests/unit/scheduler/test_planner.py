@@ -1,0 +1,134 @@
+"""Planner: budgets, hysteresis, eager models, dead workers, profiles."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from infra.errors import SchedulerError
+from scheduler.costs import ModelCosts
+from scheduler.planner import ModelDemand, Plan, PlanConfig, WorkerState, plan
+from scheduler.policies.base import Tier
+
+MiB = 2**20
+
+
+def apply(workers: list[WorkerState], p: Plan, now_min: int) -> list[WorkerState]:
+    """The workers' state after executing the plan."""
+    out = []
+    for w in workers:
+        if not w.alive:
+            out.append(w)
+            continue
+        tiers = {m: t for m, (wn, t) in p.placement.items() if wn == w.name}
+        since = {m: (w.placed_at_min.get(m, now_min) if w.tiers.get(m) == t else now_min)
+                 for m, t in tiers.items()}
+        out.append(WorkerState(w.name, w.device_budget_bytes, w.host_budget_bytes,
+                               w.disk_budget_bytes, tiers, since, True))
+    return out
+
+
+def used(p: Plan, costs: dict[str, ModelCosts], worker: str, tier: Tier) -> int:
+    return sum(costs[m].size_bytes for m, (w, t) in p.placement.items()
+               if w == worker and t == tier)
+
+
+def test_random_cases_never_exceed_budgets() -> None:
+    rng = random.Random(7)
+    for _ in range(200):
+        costs = {f"m{i}": ModelCosts(f"m{i}", rng.randint(1, 400) * MiB) for i in range(12)}
+        demands = [ModelDemand(m, rng.choice(list(Tier)), rng.random(), rng.random() < 0.2)
+                   for m in costs]
+        workers = [WorkerState(f"w{j}", rng.randint(0, 800) * MiB, rng.randint(0, 800) * MiB,
+                               rng.randint(0, 2000) * MiB,
+                               {m: rng.choice([Tier.HOT, Tier.HOST, Tier.DISK])
+                                for m in rng.sample(list(costs), 4)},
+                               alive=rng.random() > 0.2)
+                   for j in range(3)]
+        p = plan(demands, workers, costs, PlanConfig(profile=rng.choice(["dev", "prod"])))
+        for w in workers:
+            if not w.alive:
+                assert w.name not in p.actions
+                continue
+            for tier in (Tier.HOT, Tier.HOST, Tier.DISK):
+                assert used(p, costs, w.name, tier) <= w.budget(tier)
+        # each model placed at most once, and only on live workers
+        assert all(any(w.name == wn and w.alive for w in workers)
+                   for wn, _ in p.placement.values())
+
+
+def _setup() -> tuple[dict[str, ModelCosts], list[ModelDemand], list[WorkerState]]:
+    costs = {m: ModelCosts(m, 100 * MiB) for m in "abcdef"}
+    demands = [ModelDemand(m, Tier.HOT, prob) for m, prob in
+               zip("abcdef", (0.9, 0.5, 0.31, 0.3, 0.1, 0.05))]
+    workers = [WorkerState("w1", 200 * MiB, 200 * MiB, 10**12),
+               WorkerState("w2", 100 * MiB, 100 * MiB, 10**12)]
+    return costs, demands, workers
+
+
+def test_no_flapping_with_equal_or_perturbed_inputs() -> None:
+    costs, demands, workers = _setup()
+    p1 = plan(demands, workers, costs, PlanConfig(now_min=0))
+    hot = {m for m, (_, t) in p1.placement.items() if t == Tier.HOT}
+    assert hot == {"a", "b", "c"}  # three HOT slots, best value per byte first
+    state = apply(workers, p1, 0)
+    rng = random.Random(1)
+    for tick in range(1, 30):
+        # d (0.30) is within a few % of c (0.31) and overtakes it on some ticks.
+        noisy = [ModelDemand(d.model, d.tier, d.arrival_prob * rng.uniform(0.9, 1.1))
+                 for d in demands]
+        p = plan(noisy, state, costs, PlanConfig(now_min=tick))
+        assert p.placement == p1.placement
+        assert all(a.kind == "keep" for acts in p.actions.values() for a in acts)
+        state = apply(state, p, tick)
+    # A clearly better newcomer does replace an incumbent once residency has passed.
+    better = [ModelDemand("f", Tier.HOT, 0.99) if d.model == "f" else d for d in demands]
+    p = plan(better, state, costs, PlanConfig(now_min=100))
+    assert p.placement["f"][1] == Tier.HOT and p.placement["c"][1] != Tier.HOT
+    assert "f" in {a.model for acts in p.actions.values() for a in acts if a.kind == "prewarm"}
+
+
+def test_min_residency_holds_a_fresh_placement() -> None:
+    costs, demands, workers = _setup()
+    state = apply(workers, plan(demands, workers, costs, PlanConfig(now_min=0)), 0)
+    better = [ModelDemand("f", Tier.HOT, 0.99) if d.model == "f" else d for d in demands]
+    p = plan(better, state, costs, PlanConfig(now_min=2, min_residency_min=5))
+    assert p.placement["f"][1] != Tier.HOT
+    assert p.keep_warm == ["a", "b", "c"]
+
+
+def test_eager_models_always_placed_in_prod() -> None:
+    costs, demands, workers = _setup()
+    eager = [ModelDemand("f", Tier.REMOTE, 0.0, eager=True)] + [d for d in demands if d.model != "f"]
+    p = plan(eager, workers, costs, PlanConfig(profile="prod"))
+    assert p.placement["f"][1] == Tier.HOT
+
+
+def test_dead_workers_models_move_to_live_ones() -> None:
+    costs, demands, _ = _setup()
+    workers = [WorkerState("dead", 10**12, 10**12, 10**12, {"a": Tier.HOT, "b": Tier.HOT},
+                           alive=False),
+               WorkerState("live", 300 * MiB, 0, 10**12)]
+    p = plan(demands, workers, costs)
+    assert p.placement["a"] == ("live", Tier.HOT) and p.placement["b"] == ("live", Tier.HOT)
+    assert "dead" not in p.actions
+    assert {a.kind for a in p.actions["live"] if a.model in "ab"} == {"prewarm"}
+
+
+def test_dev_profile_prewarms_nothing() -> None:
+    costs, demands, workers = _setup()
+    eager = demands + [ModelDemand("g", Tier.HOT, 1.0, eager=True)]
+    costs["g"] = ModelCosts("g", MiB)
+    workers[0] = WorkerState("w1", 200 * MiB, 200 * MiB, 10**12, {"a": Tier.HOT, "e": Tier.HOT})
+    p = plan(eager, workers, costs, PlanConfig(profile="dev"))
+    kinds = [a.kind for acts in p.actions.values() for a in acts]
+    assert "prewarm" not in kinds and set(p.placement) == {"a", "e"}
+
+
+def test_errors() -> None:
+    costs, demands, workers = _setup()
+    with pytest.raises(SchedulerError, match="no costs for model 'zz'"):
+        plan([ModelDemand("zz", Tier.HOT)], workers, costs)
+    with pytest.raises(SchedulerError, match="unique"):
+        plan(demands, [workers[0], workers[0]], costs)

@@ -1,0 +1,114 @@
+"""Policy decisions on hand-made arrival sequences."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from infra.errors import SchedulerError
+from scheduler.policies import ModelContext, Tier, TrafficState, make_policy
+from scheduler.policies.hybrid import histogram_windows
+
+
+def run(policy_name: str, arrivals: dict[int, int], minutes: int, start: int = 0):
+    """Feed minutes start..start+minutes-1; return {minute: tier held in that minute}."""
+    policy = make_policy(policy_name)
+    state, held = TrafficState(), {}
+    decision = None
+    for m in range(start, start + minutes):
+        held[m] = decision.tier if decision else Tier.DISK
+        decision, state = policy.step(ModelContext("m"), state, m, arrivals.get(m, 0))
+    return held, state
+
+
+def test_make_policy_names() -> None:
+    assert make_policy("fixed-10").name == "fixed-10"
+    assert make_policy("fixed-3").keep_alive_min == 3
+    assert make_policy("warmstart-20").breakeven_min == 20
+    with pytest.raises(SchedulerError, match="known policies: fixed-10"):
+        make_policy("lru")
+
+
+def test_fixed_keeps_exactly_n_minutes() -> None:
+    held, _ = run("fixed-10", {5: 1}, 30)
+    hot = [m for m, t in held.items() if t == Tier.HOT]
+    assert hot == list(range(6, 16))
+
+
+def test_state_round_trips_through_json_and_step_is_pure() -> None:
+    _, state = run("hybrid", {1: 2, 7: 1, 20: 3}, 30)
+    again = TrafficState.from_dict(json.loads(json.dumps(state.to_dict())))
+    assert again == state
+    before = state.to_dict()
+    make_policy("warmstart").step(ModelContext(), state, 31, 4)
+    assert state.to_dict() == before
+    assert state.idle_hist[6] == 1 and state.idle_hist[13] == 1
+    with pytest.raises(SchedulerError, match="not after"):
+        make_policy("hybrid").step(ModelContext(), state, 29, 0)
+    with pytest.raises(SchedulerError, match="bins"):
+        TrafficState.from_dict({**before, "idle_hist": [0] * 3})
+
+
+def test_hybrid_prewarms_before_periodic_arrival() -> None:
+    arrivals = {m: 1 for m in range(0, 600, 30)}
+    held, state = run("hybrid", arrivals, 600)
+    w = histogram_windows(state)
+    assert w["mode"] == "histogram"
+    assert (w["prewarm_min"], w["keepalive_min"]) == (27, 33)  # 0.9·30, 1.1·30
+    # After learning, unloaded after the call, loaded from 27 min, warm at each arrival.
+    for m in range(60, 570):
+        assert (held[m] == Tier.HOT) == ((m % 30) >= 27 or (m % 30) == 0), m
+
+
+def test_hybrid_falls_back_when_not_representative() -> None:
+    # First idle period: nothing known, standard keep-alive over the 4 h range.
+    held, state = run("hybrid", {0: 1}, 300)
+    assert held[1] == Tier.HOT and held[240] == Tier.HOT and held[241] != Tier.HOT
+    # Idle times spread evenly over 1..120 minutes: CV of the bin counts below 2.
+    state = TrafficState()
+    state.idle_hist[1:121] = [2] * 120
+    assert histogram_windows(state) == {"prewarm_min": 0, "keepalive_min": 240,
+                                        "mode": "fallback"}
+    # Mostly out-of-range idle times: forecast from the recent ones with 15% margins.
+    state = TrafficState(idle_oob=3, recent_idle_min=[300, 310, 320])
+    w = histogram_windows(state)
+    assert (w["mode"], w["prewarm_min"], w["keepalive_min"]) == ("oob", 263, 357)
+
+
+def test_warmstart_periodic_is_tight_after_learning() -> None:
+    arrivals = {m: 1 for m in range(0, 600, 30)}
+    held, _ = run("warmstart-10", arrivals, 600)
+    late = [m for m in range(400, 570) if held[m] == Tier.HOT]
+    assert late == [m for m in range(400, 570) if m % 30 == 0]
+    # Between calls it holds the model at HOST (cheap to raise), not on disk.
+    assert held[415] == Tier.HOST
+
+
+def test_warmstart_learns_a_daily_pattern() -> None:
+    # One call a day at 09:00 — idle times out of the histogram's range.
+    day = 1440
+    arrivals = {d * day + 540: 1 for d in range(4)}
+    held, state = run("warmstart-10", arrivals, 4 * day)
+    assert held[day + 300] == Tier.DISK  # 3 a.m.: nothing expected
+    assert held[540] != Tier.HOT  # day 1: nothing known
+    # From day 2 on, a full day has been observed: the minute-of-day profile pre-warms it.
+    for d in (1, 2, 3):
+        assert held[d * day + 540] == Tier.HOT
+        assert held[d * day + 540 - 3] != Tier.HOT  # only within ±2 minutes of 09:00
+    # ...and not all day long.
+    assert sum(t == Tier.HOT for m, t in held.items() if m >= 2 * day) <= 2 * 5 + 10
+    assert state.days_observed() == 4
+
+
+def test_warmstart_ski_rental_without_history() -> None:
+    held, _ = run("warmstart-10", {0: 1}, 300)
+    assert [m for m, t in held.items() if t == Tier.HOT] == list(range(1, 11))
+    assert held[100] == Tier.HOST and held[260] == Tier.DISK
+
+
+def test_warmstart_bigger_models_are_kept_less() -> None:
+    policy = make_policy("warmstart")
+    small = ModelContext("s", size_bytes=10, reference_bytes=100)
+    big = ModelContext("b", size_bytes=1000, reference_bytes=100)
+    assert policy.hot_threshold_for(small) < policy.hot_threshold_for(big)
