@@ -110,4 +110,16 @@ def advise(ctx: click.Context, trace_dir: Path | None, window_min: int, policies
         print_advice(rows)
 
 
-scheduler_commands = [beat, simulate, advise]
+@click.command()
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("demo-out"), show_default=True)
+@click.option("--traffic-s", type=float, default=60.0, show_default=True, help="Seconds of replayed traffic per profile.")
+@click.option("--rate", type=float, default=12.0, show_default=True, help="Mean requests per second.")
+def demo(out_dir: Path, traffic_s: float, rate: float) -> None:
+    """The end-to-end demo on embedded services: publish, restore, serve, schedule, compare
+    the hot prod profile with the cold dev profile."""
+    from infra.demo import DemoConfig, run_demo
+
+    run_demo(DemoConfig(out_dir=out_dir, traffic_s=traffic_s, mean_rate_per_s=rate))
+
+
+scheduler_commands = [beat, simulate, advise, demo]

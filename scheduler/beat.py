@@ -31,6 +31,7 @@ from typing import Any
 from celery import Celery
 
 from infra.celery_app import (
+    PREWARM_QUEUE,
     TASK_DEMOTE,
     TASK_HEALTH_CHECK,
     TASK_KEEP_WARM,
@@ -222,6 +223,7 @@ class BeatScheduler:
             demands.append(ModelDemand(model, decision.tier, decision.arrival_prob, eager=model in eager))
             report.decisions[model] = {"tier": decision.tier.value, "arrival_prob": round(decision.arrival_prob, 4)}
         result = plan(demands, workers, costs, PlanConfig(profile=self.settings.profile, now_min=now_min))
+        self._rescue_stranded(catalog, report)
         report.unplaced = list(result.unplaced)
         self._dispatch(result, workers, report, now_s)
         for name in dead:
@@ -247,6 +249,15 @@ class BeatScheduler:
                 self.app.send_task(task, kwargs={"model": action.model, "tier": target}, queue=control_queue(worker))
                 self._in_flight[(worker, action.model)] = (target, now_s)
                 report.sent.append({"task": task, "worker": worker, "model": action.model, "tier": target})
+
+    def _rescue_stranded(self, catalog: dict[str, int], report: TickReport) -> None:
+        """A safety net for scale from zero: requests waiting for a model that no live worker
+        serves (its worker died, or demoted it) get a lazy pre-warm any worker may take."""
+        for model in catalog:
+            if self.registry.queued_requests(model) and not self.registry.hot_workers(model):
+                if self.registry.claim_prewarm(model, self.settings.prewarm_claim_s):
+                    self.app.send_task(TASK_PREWARM, kwargs={"model": model, "tier": "HOT", "lazy": True}, queue=PREWARM_QUEUE)
+                    report.sent.append({"task": TASK_PREWARM, "worker": None, "model": model, "tier": "HOT"})
 
     def _fan_out(self, result: Plan, alive: dict[str, dict[str, Any]], report: TickReport) -> None:
         now = time.monotonic()

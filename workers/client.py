@@ -43,10 +43,12 @@ KNOWN_MODEL_TTL_S = 30.0
 class PendingInference:
     """An enqueued request; :meth:`get` waits for its answer."""
 
-    def __init__(self, result: AsyncResult, model: str, default_timeout_s: float) -> None:
+    def __init__(self, result: AsyncResult, model: str, default_timeout_s: float, cold: bool = False) -> None:
         self.result = result
         self.model = model
         self.default_timeout_s = default_timeout_s
+        #: True when no worker held the model HOT as the request was sent (a cold start).
+        self.cold = cold
 
     @property
     def id(self) -> str:
@@ -122,10 +124,12 @@ class Client:
         payload = self.encode_inputs(inputs)
         check_payload_size(json.dumps(payload), self.settings.max_payload_bytes)
         self.traffic.record(model)
-        if not self.registry.hot_workers(model) and self.registry.claim_prewarm(model, self.settings.prewarm_claim_s):
+        cold = not self.registry.hot_workers(model)
+        if cold and self.registry.claim_prewarm(model, self.settings.prewarm_claim_s):
             self.app.send_task(TASK_PREWARM, kwargs={"model": model, "tier": "HOT", "lazy": True}, queue=PREWARM_QUEUE)
         result = self.app.send_task(TASK_INFER, kwargs={"model": model, "inputs": payload}, queue=infer_queue(model))
-        return PendingInference(result, model, self.settings.inference_timeout_s if timeout_s is None else timeout_s)
+        wait_s = self.settings.inference_timeout_s if timeout_s is None else timeout_s
+        return PendingInference(result, model, wait_s, cold=cold)
 
     def infer(self, model: str, inputs: Mapping[str, Any], timeout_s: float | None = None) -> dict[str, torch.Tensor]:
         """Enqueue one request and wait for its outputs (see :meth:`submit`)."""

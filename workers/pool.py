@@ -45,11 +45,14 @@ MAX_BACKOFF_S = 60.0
 
 
 class QueueGate(Protocol):
-    """Starts and stops this worker's consumption of a model's inference queue."""
+    """Starts and stops this worker's consumption of a model's inference queue, and asks the
+    cluster for a lazy pre-warm of a model that nobody serves."""
 
     def open(self, model: str) -> None: ...
 
     def close(self, model: str) -> None: ...
+
+    def request_prewarm(self, model: str) -> None: ...
 
 
 @dataclass
@@ -271,6 +274,21 @@ class ModelPool:
             slot.consuming = False
             self.gate.close(slot.model)
             self.publish(slot)
+            self.rescue_queue(slot.model)
+
+    def rescue_queue(self, model: str) -> bool:
+        """When no worker serves ``model`` any more but requests wait in its queue, ask for a
+        lazy pre-warm (which any worker with room takes), so that no request is stranded.
+
+        Returns:
+            True when a pre-warm was sent.
+        """
+        if self.registry.hot_workers(model) or not self.registry.queued_requests(model):
+            return False
+        if not self.registry.claim_prewarm(model, self.settings.prewarm_claim_s):
+            return False
+        self.gate.request_prewarm(model)
+        return True
 
     # --- demotion -------------------------------------------------------------------------
 

@@ -112,6 +112,12 @@ class WorkerRegistry:
             beats = self.client.mget([key("worker", m) for m in members])
         return [m for m, b in zip(members, beats) if b is not None]
 
+    def queued_requests(self, model: str) -> int:
+        """Requests waiting in ``infer.<model>`` (kombu's Redis transport keeps each queue
+        as a list named after it; only the default priority is used)."""
+        with redis_errors(self.client, f"reading the queue of {model!r}"):
+            return int(self.client.llen(f"infer.{model}"))
+
     def transition_costs(self, model: str) -> dict[str, float]:
         with redis_errors(self.client, f"reading the transition costs of {model!r}"):
             raw = self.client.hgetall(key("cost", model))

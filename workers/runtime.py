@@ -17,7 +17,7 @@ from typing import Any
 from celery import Celery
 from celery.signals import celeryd_after_setup, worker_ready, worker_shutdown
 
-from infra.celery_app import PREWARM_QUEUE, app_settings, control_queue, infer_queue
+from infra.celery_app import PREWARM_QUEUE, TASK_PREWARM, app_settings, control_queue, infer_queue
 from infra.errors import WarmstartError, WorkerError
 from infra.redis_client import connect
 from infra.settings import Settings
@@ -48,6 +48,9 @@ class CeleryGate:
 
     def close(self, model: str) -> None:
         self.app.control.cancel_consumer(infer_queue(model), destination=[self.nodename], reply=False)
+
+    def request_prewarm(self, model: str) -> None:
+        self.app.send_task(TASK_PREWARM, kwargs={"model": model, "tier": "HOT", "lazy": True}, queue=PREWARM_QUEUE)
 
 
 class WorkerRuntime:
