@@ -68,7 +68,7 @@ def print_status(status: dict[str, object]) -> None:
 
     table = Table(title="warmstart status")
     for column in ("worker", "model", "version", "tier", "health", "consuming", "size", "cold ms", "settled ms"):
-        table.add_column(column)
+        table.add_column(column, no_wrap=column in ("worker", "model", "version"))
     workers = status["workers"]
     assert isinstance(workers, dict)
     for name, info in sorted(workers.items()):
@@ -84,7 +84,7 @@ def print_status(status: dict[str, object]) -> None:
                 f"{cold:.1f}" if cold is not None else "-", f"{settled:.1f}" if settled is not None else "-",
             )  # fmt: skip
             label = ""
-    Console().print(table)
+    Console(width=max(Console().width, 120)).print(table)
 
 
 @click.command()

@@ -161,6 +161,9 @@ def _run_profile(profile: str, cfg: DemoConfig, base: dict[str, Any], schedule: 
                 waiters.submit(_wait, pending, sent, start, run)
         stop.set()
         sampler.join()
+        from infra.cli_workers import collect_status, print_status
+
+        print_status(collect_status(settings))  # what `warmstart status` prints
     finally:
         stop.set()
         beat.close()
