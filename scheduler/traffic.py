@@ -61,14 +61,22 @@ class TrafficRecorder:
 
     def record(self, model: str, count: int = 1, now_s: float | None = None) -> None:
         """Record ``count`` arrivals of ``model`` at ``now_s`` (default: now)."""
-        validate_name(model)
-        minute = self.minute_of(time.time() if now_s is None else now_s)
-        hour, minute_of_hour = divmod(minute, 60)
-        with redis_errors(self.client, f"recording an arrival of {model!r}"):
-            self._script(
-                keys=[_tkey(model, "m", str(hour)), _tkey(model, "idle"), _tkey(model, "profile"), _tkey(model, "last")],
-                args=[minute, minute_of_hour, minute % 1440, count, self.retention_min * 60 + 3600, IDLE_BINS],
-            )
+        self.record_many([(model, count, time.time() if now_s is None else now_s)])
+
+    def record_many(self, arrivals: Iterable[tuple[str, int, float]]) -> None:
+        """Record ``(model, count, time_s)`` arrivals: one script call each, one round trip."""
+        with redis_errors(self.client, "recording arrivals"):
+            pipe = self.client.pipeline(transaction=False)
+            for model, count, t_s in arrivals:
+                validate_name(model)
+                minute = self.minute_of(t_s)
+                hour, minute_of_hour = divmod(minute, 60)
+                self._script(
+                    keys=[_tkey(model, "m", str(hour)), _tkey(model, "idle"), _tkey(model, "profile"), _tkey(model, "last")],
+                    args=[minute, minute_of_hour, minute % 1440, count, self.retention_min * 60 + 3600, IDLE_BINS],
+                    client=pipe,
+                )
+            pipe.execute()
 
     def minute_of(self, t_s: float) -> int:
         """The traffic minute (minutes of ``minute_s`` seconds since the epoch) of a time."""

@@ -7,7 +7,9 @@ other Celery client can speak the same wire protocol (docs/workers.md).
 
 from __future__ import annotations
 
+import atexit
 import json
+import logging
 import threading
 import time
 from collections.abc import Mapping
@@ -36,8 +38,25 @@ from snapshot.stores import open_store
 from workers.registry import WorkerRegistry
 from workers.wire import check_payload_size, decode_outputs, encode_tensor
 
+log = logging.getLogger(__name__)
+
 #: How long a positive "this model is published" answer is trusted.
 KNOWN_MODEL_TTL_S = 30.0
+#: How long "a worker serves this model" is trusted. Safe to cache: a worker that stops
+#: serving a model with requests waiting asks for a pre-warm itself (ModelPool.rescue_queue).
+HOT_TTL_S = 1.0
+
+
+def encoded_size(payload: Mapping[str, Any]) -> int:
+    """About the encoded size of a request: the base64 data of tensors, the JSON of the rest
+    (without serialising megabytes of base64 a second time)."""
+    total = 0
+    for value in payload.values():
+        if isinstance(value, dict) and isinstance(value.get("data"), str):
+            total += len(value["data"]) + 64
+        else:
+            total += len(json.dumps(value))
+    return total
 
 
 class PendingInference:
@@ -75,6 +94,48 @@ class PendingInference:
         return decode_outputs(self.raw(timeout_s)["outputs"])
 
 
+class ArrivalBuffer:
+    """Records arrivals off the request path: ``add`` only appends; a background thread sends
+    them to Redis in one pipelined round trip every ``flush_s`` (the scheduler works in whole
+    minutes, so a few milliseconds of delay change nothing)."""
+
+    def __init__(self, recorder: TrafficRecorder, flush_s: float = 0.05) -> None:
+        self.recorder = recorder
+        self.flush_s = flush_s
+        self._pending: list[tuple[str, int, float]] = []
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="warmstart-arrivals", daemon=True)
+        self._thread.start()
+        atexit.register(self.close)
+
+    def add(self, model: str) -> None:
+        with self._lock:
+            self._pending.append((model, 1, time.time()))
+
+    def flush(self) -> None:
+        with self._lock:
+            batch, self._pending = self._pending, []
+        if batch:
+            try:
+                self.recorder.record_many(batch)
+            except WarmstartError as e:  # traffic statistics must never fail a request
+                log.warning("could not record %d arrivals: %s", len(batch), e)
+
+    def _run(self) -> None:
+        while not self._closed:
+            self._wake.wait(self.flush_s)
+            self.flush()
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._wake.set()
+            self._thread.join(timeout=5)
+            self.flush()
+
+
 class Client:
     """Sends inference requests; one per process is enough (thread-safe)."""
 
@@ -84,8 +145,10 @@ class Client:
         redis_client = connect(settings.redis_url)
         self.registry = WorkerRegistry(redis_client)
         self.traffic = TrafficRecorder(redis_client, settings.traffic_retention_min, settings.traffic_minute_s)
+        self.arrivals = ArrivalBuffer(self.traffic)
         self._store = None
         self._known: dict[str, float] = {}
+        self._hot_until: dict[str, float] = {}
         self._lock = threading.Lock()
 
     def _check_published(self, model: str) -> None:
@@ -100,6 +163,15 @@ class Client:
         except SnapshotNotFoundError as e:
             raise UnknownModelError(f"model {model!r} is not published: {e}") from e
         self._known[model] = now + KNOWN_MODEL_TTL_S
+
+    def _served(self, model: str) -> bool:
+        now = time.monotonic()
+        if self._hot_until.get(model, 0.0) > now:
+            return True
+        if self.registry.hot_workers(model):
+            self._hot_until[model] = now + HOT_TTL_S
+            return True
+        return False
 
     def encode_inputs(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
         """Tensors become the wire form; nested lists travel as they are."""
@@ -122,14 +194,18 @@ class Client:
         validate_name(model)
         self._check_published(model)
         payload = self.encode_inputs(inputs)
-        check_payload_size(json.dumps(payload), self.settings.max_payload_bytes)
-        self.traffic.record(model)
-        cold = not self.registry.hot_workers(model)
+        check_payload_size(encoded_size(payload), self.settings.max_payload_bytes)
+        self.arrivals.add(model)
+        cold = not self._served(model)
         if cold and self.registry.claim_prewarm(model, self.settings.prewarm_claim_s):
             self.app.send_task(TASK_PREWARM, kwargs={"model": model, "tier": "HOT", "lazy": True}, queue=PREWARM_QUEUE)
         result = self.app.send_task(TASK_INFER, kwargs={"model": model, "inputs": payload}, queue=infer_queue(model))
         wait_s = self.settings.inference_timeout_s if timeout_s is None else timeout_s
         return PendingInference(result, model, wait_s, cold=cold)
+
+    def close(self) -> None:
+        """Send the arrivals not yet recorded (also done at interpreter exit)."""
+        self.arrivals.close()
 
     def infer(self, model: str, inputs: Mapping[str, Any], timeout_s: float | None = None) -> dict[str, torch.Tensor]:
         """Enqueue one request and wait for its outputs (see :meth:`submit`)."""

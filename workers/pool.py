@@ -131,13 +131,18 @@ class ModelPool:
 
     # --- promotion ------------------------------------------------------------------------
 
-    def ensure(self, model: str, target: Tier | str = Tier.HOT, version: str | None = None) -> Slot:
+    def ensure(
+        self, model: str, target: Tier | str = Tier.HOT, version: str | None = None, *, urgent: bool = False
+    ) -> Slot:
         """Raise (or lower) ``model`` to ``target``, one timed step at a time.
 
         Args:
             model: the model name.
             target: the tier to reach.
             version: a version or alias to load; default: the ``live`` alias (or what is held).
+            urgent: requests are waiting (a lazy warm-up): skip the warm-up runs and let the
+                waiting requests warm the model, instead of making them wait for latency to
+                settle. The health check (itself one run) gates the model all the same.
 
         Raises:
             UnknownModelError: the model or version is not published.
@@ -154,11 +159,11 @@ class ModelPool:
                 self.demote(model, target)
                 return slot
             for step in steps_between(slot.tier, target):
-                self._step_up(slot, step, version)
+                self._step_up(slot, step, version, urgent)
             slot.last_used_s = time.monotonic()
             return slot
 
-    def _step_up(self, slot: Slot, step: Tier, version: str | None) -> None:
+    def _step_up(self, slot: Slot, step: Tier, version: str | None, urgent: bool = False) -> None:
         source = slot.tier
         t0 = time.perf_counter()
         if step == Tier.DISK:
@@ -193,7 +198,7 @@ class ModelPool:
                     allowed_architectures=self.settings.allowed_architectures,
                 )
         elif step == Tier.HOT:
-            self._warm_and_check(slot)
+            self._warm_and_check(slot, max_runs=0 if urgent else self.settings.warmup_max_runs)
         slot.tier = step
         elapsed = time.perf_counter() - t0
         self.registry.record_transition(slot.model, source.name, step.name, elapsed)
@@ -217,17 +222,15 @@ class ModelPool:
                 log.info("demoting %s below %s to make room for %s", victim.model, level.name, slot.model)
                 self.demote(victim.model, Tier(level - 1))
 
-    def _warm_and_check(self, slot: Slot) -> None:
+    def _warm_and_check(self, slot: Slot, max_runs: int) -> None:
         assert slot.device_module is not None and slot.golden is not None and slot.manifest is not None
-        golden_in, golden_out = slot.golden
-        inputs = [self._to_device(golden_in)] + [self._to_device(s) for s in slot.samples]
-        slot.warmup = warm_up(
-            slot.device_module,
-            inputs,
-            max_runs=self.settings.warmup_max_runs,
-            max_s=self.settings.warmup_max_s,
-        )
+        golden_in, _ = slot.golden
+        if max_runs > 0:
+            inputs = [self._to_device(golden_in)] + [self._to_device(s) for s in slot.samples]
+            slot.warmup = warm_up(slot.device_module, inputs, max_runs=max_runs, max_s=self.settings.warmup_max_s)
         result = self._check(slot)
+        if max_runs == 0:  # the health check's own run was the only (cold) one
+            slot.warmup = WarmupResult(0, result.latency_s, result.latency_s, False, result.latency_s)
         if not result.ok:
             raise HealthCheckError(f"model {slot.model!r} failed its golden check: {result.reason}")
 
@@ -259,7 +262,9 @@ class ModelPool:
         self.publish(slot)
 
     def _to_device(self, tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {k: v.to(self.device) for k, v in tensors.items()}
+        if self.device.type == "cpu":
+            return dict(tensors)
+        return {k: v.to(self.device, non_blocking=True) for k, v in tensors.items()}
 
     # --- gate -----------------------------------------------------------------------------
 
@@ -337,7 +342,7 @@ class ModelPool:
         slot = self.slot(model)
         with slot.lock:
             if slot.tier < Tier.DEVICE or slot.health == "failing":
-                self.ensure(model, Tier.HOT)
+                self.ensure(model, Tier.HOT, urgent=True)
             slot.in_flight += 1
         try:
             assert slot.manifest is not None and slot.device_module is not None

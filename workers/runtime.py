@@ -1,6 +1,6 @@
 """The worker process: its pool, its background loops, and Celery's signals that start them.
 
-A warmstart worker is a Celery worker with the ``threads`` (or ``solo``) pool, so that the
+A warmstart worker is a Celery worker with the ``threads`` pool, so that the
 models it holds live in the one process that consumes their queues. At start it pays torch's
 one-time initialisation, consumes only its own control queue and the shared pre-warm queue,
 and warms its eager models; a model's inference queue is consumed only once that model is HOT.
@@ -17,7 +17,7 @@ from typing import Any
 from celery import Celery
 from celery.signals import celeryd_after_setup, worker_ready, worker_shutdown
 
-from infra.celery_app import PREWARM_QUEUE, TASK_PREWARM, app_settings, control_queue, infer_queue
+from infra.celery_app import PREWARM_QUEUE, TASK_ECHO, TASK_PREWARM, app_settings, control_queue, infer_queue
 from infra.errors import WarmstartError, WorkerError
 from infra.redis_client import connect
 from infra.settings import Settings
@@ -29,8 +29,6 @@ from workers.registry import WorkerRegistry
 
 log = logging.getLogger(__name__)
 
-SUPPORTED_POOLS = ("threads", "solo")
-
 
 class CeleryGate:
     """Opens and closes inference queues on this worker through Celery's remote control.
@@ -39,12 +37,17 @@ class CeleryGate:
     its consumers, so it is safe to call from task and background threads.
     """
 
-    def __init__(self, app: Celery, nodename: str) -> None:
+    def __init__(self, app: Celery, nodename: str, control_queue: str) -> None:
         self.app = app
         self.nodename = nodename
+        self.control_queue = control_queue
 
     def open(self, model: str) -> None:
-        self.app.control.add_consumer(infer_queue(model), destination=[self.nodename], reply=False)
+        # Wait until the consumer is added, then wake the worker's pending BRPOP (kombu's Redis
+        # transport blocks up to a second on the queues it had) with a no-op on its own
+        # control queue, so the new queue is polled at once rather than up to 1 s later.
+        self.app.control.add_consumer(infer_queue(model), destination=[self.nodename], reply=True, timeout=5.0)
+        self.app.send_task(TASK_ECHO, kwargs={"payload": "wake"}, queue=self.control_queue, ignore_result=True)
 
     def close(self, model: str) -> None:
         self.app.control.cancel_consumer(infer_queue(model), destination=[self.nodename], reply=False)
@@ -75,7 +78,7 @@ class WorkerRuntime:
                 part_bytes=settings.fetch_part_bytes,
             ),
             self.registry,
-            CeleryGate(app, nodename),
+            CeleryGate(app, nodename, control_queue(self.name)),
             self.device,
         )
         self._stop = threading.Event()
@@ -166,11 +169,12 @@ def _after_setup(sender: str, instance: Any, **_: Any) -> None:
     """Pick the queues this worker starts with and pay torch's one-time initialisation."""
     global _nodename
     pool_name = getattr(instance.pool_cls, "__module__", "") + "." + getattr(instance.pool_cls, "__name__", "")
-    if not any(name in pool_name for name in ("thread", "solo")):
+    if "thread" not in pool_name:
+        # Models live in the worker process itself and are gated from task threads while the
+        # event loop runs: prefork would copy them per child, solo would block the loop.
         raise WorkerError(
-            f"warmstart workers need the threads or solo pool (got {pool_name}): models live in "
-            "the worker process itself. Start with `warmstart worker` or `celery -A "
-            "infra.celery_app worker -P threads`"
+            f"warmstart workers need the threads pool (got {pool_name}). Start with `warmstart "
+            "worker` or `celery -A infra.celery_app worker -P threads`"
         )
     _nodename = sender
     settings = app_settings(instance.app)

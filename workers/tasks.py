@@ -60,7 +60,7 @@ def prewarm(model: str, tier: str = "HOT", version: str | None = None, lazy: boo
         if version is not None:
             validate_name(version, "version")
         try:
-            slot = runtime.pool.ensure(model, _tier(tier), version)
+            slot = runtime.pool.ensure(model, _tier(tier), version, urgent=lazy)
         finally:
             if lazy:
                 runtime.registry.release_prewarm(model)

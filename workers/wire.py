@@ -163,15 +163,19 @@ def decode_inputs(
     return tensors
 
 
-def check_payload_size(encoded: str | bytes, max_bytes: int) -> None:
+def check_payload_size(encoded: str | bytes | int, max_bytes: int) -> None:
     """Refuse an encoded request before parsing it when it is far too large.
+
+    Args:
+        encoded: the encoded request, or its length in bytes.
 
     Raises:
         PayloadTooLargeError: the encoded JSON is over twice ``max_bytes`` (base64 adds a third).
     """
-    if len(encoded) > 2 * max_bytes:
+    size = encoded if isinstance(encoded, int) else len(encoded)
+    if size > 2 * max_bytes:
         raise PayloadTooLargeError(
-            f"request is {len(encoded)} bytes encoded, over the limit for {max_bytes} bytes of "
+            f"request is {size} bytes encoded, over the limit for {max_bytes} bytes of "
             "tensors; send smaller batches or raise WARMSTART_MAX_PAYLOAD_BYTES"
         )
 
