@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     host_budget_bytes: int = Field(8 * GiB, gt=0, description="Mapped, resident models (HOST tier).")
     device_budget_bytes: int = Field(8 * GiB, gt=0, description="Models on the device (DEVICE/HOT).")
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # Intra-op threads for inference (0: torch's default, one per core). On a host shared with
+    # other processes, fewer threads avoid stalls when a core is taken away.
+    torch_threads: int = Field(0, ge=0, le=256)
     fetch_concurrency: int = Field(8, ge=1, le=64)
     fetch_part_bytes: int = Field(16 * MiB, ge=1 * MiB)
 

@@ -132,9 +132,16 @@ def restore_weights(
             be read.
     """
     factory = registry.resolve_factory(architecture.factory, allowed_architectures)
-    state = map_tensors(Path(weights_path), tensors, populate=populate)
-    module = _build_on_meta(factory, architecture)
-    _assign(module, state, architecture.factory)
+    storage, state = _map(Path(weights_path), tensors)
+    # Populate the pages on another thread while this one builds the module on meta: the
+    # madvise call releases the GIL, and assigning views does not touch the pages.
+    populating = _Populate(storage, str(weights_path)) if populate else None
+    try:
+        module = _build_on_meta(factory, architecture)
+        _assign(module, state, architecture.factory)
+    finally:
+        if populating is not None:
+            populating.join()
     target = torch.device(device)
     if target.type != "cpu":
         module.to(target, non_blocking=True)
@@ -155,6 +162,36 @@ def map_tensors(
         SafetensorsHeaderError: the header is malformed, or an entry lies outside the file.
         RestoreError: the file cannot be opened, mapped or (with ``populate``) read.
     """
+    storage, state = _map(weights_path, tensors)
+    if populate:
+        populate_pages(storage.data_ptr(), storage.nbytes(), what=str(weights_path))
+    return state
+
+
+class _Populate(threading.Thread):
+    """:func:`populate_pages` on a thread; :meth:`join` re-raises what it raised."""
+
+    def __init__(self, storage: torch.UntypedStorage, what: str) -> None:
+        super().__init__(name="warmstart-populate", daemon=True)
+        self.storage, self.what = storage, what
+        self.error: BaseException | None = None
+        self.start()
+
+    def run(self) -> None:
+        try:
+            populate_pages(self.storage.data_ptr(), self.storage.nbytes(), what=self.what)
+        except BaseException as e:  # noqa: BLE001 - handed to the joining thread
+            self.error = e
+
+    def join(self, timeout: float | None = None) -> None:
+        super().join(timeout)
+        if self.error is not None:
+            raise self.error
+
+
+def _map(
+    weights_path: Path, tensors: dict[str, TensorEntry] | None
+) -> tuple[torch.UntypedStorage, dict[str, torch.Tensor]]:
     try:
         with open(weights_path, "rb") as stream:
             size = os.fstat(stream.fileno()).st_size
@@ -181,8 +218,6 @@ def map_tensors(
         storage = torch.UntypedStorage.from_file(str(weights_path), shared=False, nbytes=size)
     except RuntimeError as e:
         raise RestoreError(f"cannot map snapshot weights {weights_path}: {e}") from e
-    if populate:
-        populate_pages(storage.data_ptr(), size, what=str(weights_path))
 
     base = torch.empty(0, dtype=torch.uint8).set_(storage)
     state: dict[str, torch.Tensor] = {}
@@ -196,7 +231,7 @@ def map_tensors(
             raw = base[start : data_start + entry.offsets[1]].clone()
             tensor = raw.view(dtype).reshape(entry.shape)
         state[name] = tensor
-    return state
+    return storage, state
 
 
 def populate_pages(address: int, length: int, *, what: str = "mapping") -> None:

@@ -182,6 +182,10 @@ def _after_setup(sender: str, instance: Any, **_: Any) -> None:
     queues = instance.app.amqp.queues
     queues.select(control_queue(name))
     queues.select_add(PREWARM_QUEUE)
+    if settings.torch_threads:
+        import torch
+
+        torch.set_num_threads(settings.torch_threads)
     prepare_process(settings.device)
 
 
