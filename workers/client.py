@@ -210,3 +210,13 @@ class Client:
     def infer(self, model: str, inputs: Mapping[str, Any], timeout_s: float | None = None) -> dict[str, torch.Tensor]:
         """Enqueue one request and wait for its outputs (see :meth:`submit`)."""
         return self.submit(model, inputs, timeout_s=timeout_s).get()
+
+    async def infer_async(
+        self, model: str, inputs: Mapping[str, Any], timeout_s: float | None = None
+    ) -> dict[str, torch.Tensor]:
+        """:meth:`infer` for asyncio code: the wait runs in the loop's default executor, so
+        the event loop is never blocked."""
+        import asyncio
+
+        pending = self.submit(model, inputs, timeout_s=timeout_s)
+        return await asyncio.get_running_loop().run_in_executor(None, pending.get)

@@ -172,9 +172,10 @@ def _after_setup(sender: str, instance: Any, **_: Any) -> None:
     if "thread" not in pool_name:
         # Models live in the worker process itself and are gated from task threads while the
         # event loop runs: prefork would copy them per child, solo would block the loop.
-        raise WorkerError(
-            f"warmstart workers need the threads pool (got {pool_name}). Start with `warmstart "
-            "worker` or `celery -A infra.celery_app worker -P threads`"
+        # SystemExit, not an exception: Celery logs and ignores exceptions from signal handlers.
+        raise SystemExit(
+            f"error: warmstart workers need the threads pool (got {pool_name}). Start with "
+            "`warmstart worker` or `celery -A infra.celery_app worker -P threads`"
         )
     _nodename = sender
     settings = app_settings(instance.app)

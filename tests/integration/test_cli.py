@@ -63,3 +63,28 @@ def test_demo_runs_end_to_end(tmp_path) -> None:
     assert dev["short-form"]["cold_starts"] >= 1
     assert len(report["restore"]) == 5 and all(r["restore_s"] > 0 for r in report["restore"])
     assert (tmp_path / "tiers.png").stat().st_size > 0 and (tmp_path / "report.json").exists()
+
+
+def test_plain_celery_worker_command(worker_settings, settings) -> None:
+    """`celery -A infra.celery_app worker -P threads` is a warmstart worker; prefork is refused."""
+    import os
+    import time
+
+    env = {**os.environ, **settings_env(worker_settings)}
+    celery = [sys.executable, "-m", "celery", "-A", "infra.celery_app", "worker", "--loglevel", "WARNING"]
+    refused = subprocess.run([*celery, "-P", "prefork", "-c", "1"], env=env, capture_output=True, text=True, timeout=120)
+    assert refused.returncode != 0 and "threads pool" in refused.stderr
+
+    worker = subprocess.Popen([*celery, "-P", "threads", "-n", "plain@%h"], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        registry = WorkerRegistry(connect(settings.redis_url))
+        names = wait_for(lambda: [n for n in registry.workers()[0] if n.startswith("plain@")], timeout_s=60)
+        assert registry.workers()[0][names[0]]["control_queue"] == f"warmstart.worker.{names[0]}"
+    finally:
+        worker.terminate()
+        worker.wait(30)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and registry.worker_names():
+        time.sleep(0.1)
+    assert registry.worker_names() == []  # a clean shutdown leaves nothing in the registry

@@ -155,5 +155,9 @@ def test_bad_inputs_get_typed_errors_and_the_worker_keeps_serving(settings, publ
 
     x = torch.randn(3, 8)
     torch.testing.assert_close(client.infer("good-one", {"x": x}, timeout_s=30)["output"], expected(module, x))
+    import asyncio
+
+    async_out = asyncio.run(client.infer_async("good-one", {"x": x}, timeout_s=30))["output"]
+    torch.testing.assert_close(async_out, expected(module, x))
     lists = client.infer("good-one", {"x": x.tolist()}, timeout_s=30)["output"]
     torch.testing.assert_close(lists, expected(module, x))
