@@ -217,10 +217,25 @@ class ModelPool:
     def _make_room(self, level: Tier, slot: Slot) -> None:
         budget = self.settings.device_budget_bytes if level == Tier.DEVICE else self.settings.host_budget_bytes
         with self._budget_lock:
-            victims = choose_demotions(self.residents({slot.model}), level, slot.size_bytes, budget)
-            for victim in victims:
-                log.info("demoting %s below %s to make room for %s", victim.model, level.name, slot.model)
-                self.demote(victim.model, Tier(level - 1))
+            busy: set[str] = set()
+            while True:
+                victims = choose_demotions(self.residents({slot.model} | busy), level, slot.size_bytes, budget)
+                for victim in victims:
+                    victim_slot = self.slots.get(victim.model)
+                    if victim_slot is None:
+                        continue
+                    # Never wait for another model's lock while holding the budget lock: its
+                    # holder may be waiting for the budget lock (a deadlock). Skip it instead.
+                    if not victim_slot.lock.acquire(blocking=False):
+                        busy.add(victim.model)
+                        break
+                    try:
+                        log.info("demoting %s below %s to make room for %s", victim.model, level.name, slot.model)
+                        self.demote(victim.model, Tier(level - 1))
+                    finally:
+                        victim_slot.lock.release()
+                else:
+                    return
 
     def _warm_and_check(self, slot: Slot, max_runs: int) -> None:
         assert slot.device_module is not None and slot.golden is not None and slot.manifest is not None

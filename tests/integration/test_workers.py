@@ -161,3 +161,30 @@ def test_bad_inputs_get_typed_errors_and_the_worker_keeps_serving(settings, publ
     torch.testing.assert_close(async_out, expected(module, x))
     lists = client.infer("good-one", {"x": x.tolist()}, timeout_s=30)["output"]
     torch.testing.assert_close(lists, expected(module, x))
+
+
+def test_budgets_demote_the_least_recently_used_and_every_request_is_answered(settings, publish, start_worker) -> None:
+    from snapshot.catalog import read_manifest
+    from snapshot.stores import open_store_url
+
+    modules = {name: publish(name) for name in ("m-a", "m-b", "m-c")}
+    size = read_manifest(open_store_url(settings.store_url), "m-a", "v1").weights.size_bytes
+    # Room for two models on the device and in host memory, not three.
+    start_worker("w-tight", device_budget_bytes=int(2.5 * size), host_budget_bytes=int(2.5 * size))
+    registry = WorkerRegistry(connect(settings.redis_url))
+    client = Client(settings)
+    x = torch.randn(1, 8)
+
+    def serve(*names: str) -> set[str]:
+        for name in names:
+            torch.testing.assert_close(client.infer(name, {"x": x}, timeout_s=60)["output"], expected(modules[name], x))
+        states = registry.models_of("w-tight")
+        assert sum(s["size_bytes"] for s in states.values() if s["tier"] in ("HOT", "DEVICE")) <= 2.5 * size
+        return {m for m, s in states.items() if s["tier"] in ("HOT", "DEVICE")}
+
+    # When m-c needs room, m-b is the least recently used: it is demoted, not m-a.
+    assert serve("m-a", "m-b", "m-a", "m-c") == {"m-a", "m-c"}
+    # When m-b comes back, m-a is now the least recently used.
+    assert serve("m-b") == {"m-b", "m-c"}
+    state = registry.models_of("w-tight")["m-a"]
+    assert state["tier"] in ("HOST", "DISK") and not state["consuming"]
