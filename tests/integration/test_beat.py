@@ -81,3 +81,29 @@ def test_only_one_beat_acts_at_a_time(settings, publish) -> None:
     assert first.tick().leader
     first.release_lease()
     assert second.tick().leader
+
+
+def test_requests_waiting_for_a_model_nobody_serves_are_rescued(settings, publish, start_worker) -> None:
+    """A raw Celery client sends no pre-warm; the beat notices the waiting requests."""
+    import torch
+
+    from infra.celery_app import create_app
+    from workers.wire import decode_outputs, encode_tensor
+
+    module = publish("orphan")
+    start_worker("w-rescuer")
+    app = create_app(settings)
+    x = torch.randn(2, 8)
+    results = [
+        app.send_task("warmstart.infer", kwargs={"model": "orphan", "inputs": {"x": encode_tensor(x)}}, queue="infer.orphan")
+        for _ in range(5)
+    ]
+    registry = WorkerRegistry(connect(settings.redis_url))
+    assert registry.queued_requests("orphan") == 5 and registry.hot_workers("orphan") == []
+    report = BeatScheduler(settings).tick()
+    assert {"task": "warmstart.prewarm", "worker": None, "model": "orphan", "tier": "HOT"} in report.sent
+    with torch.inference_mode():
+        want = module(x)
+    for result in results:
+        answer = result.get(timeout=60)
+        torch.testing.assert_close(decode_outputs(answer["outputs"])["output"], want)
