@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from infra.errors import SafetensorsHeaderError
-from snapshot.manifest import SAFETENSORS_DTYPES, Manifest, TensorEntry
+from snapshot.manifest import SAFETENSORS_DTYPES, Manifest, TensorEntry, tensor_nbytes
 
 #: safetensors itself refuses headers over 100 MB; so do we.
 MAX_HEADER_BYTES = 100 * 1024 * 1024
@@ -83,10 +83,7 @@ def read_header(stream: BinaryIO, file_size: int) -> tuple[int, dict[str, Tensor
                 f"tensor {name!r}: data_offsets {offsets!r} fall outside the {data_bytes}-byte "
                 "data section"
             )
-        numel = 1
-        for d in shape:
-            numel *= d
-        if offsets[1] - offsets[0] != numel * SAFETENSORS_DTYPES[dtype]:
+        if offsets[1] - offsets[0] != tensor_nbytes(dtype, shape):
             raise SafetensorsHeaderError(
                 f"tensor {name!r}: {offsets[1] - offsets[0]} bytes do not hold {dtype} {shape}"
             )

@@ -28,6 +28,7 @@ header), as in safetensors itself. Input shapes hold ints for fixed dimensions a
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -50,6 +51,11 @@ SAFETENSORS_DTYPES: dict[str, int] = {
 #: dtypes an inference input may declare (torch names).
 INPUT_DTYPES = ("float32", "float16", "bfloat16", "float64", "int64", "int32", "int16", "int8",
                 "uint8", "bool")  # fmt: skip
+
+def tensor_nbytes(dtype: str, shape: tuple[int, ...] | list[int]) -> int:
+    """Bytes a tensor of this safetensors dtype and shape occupies."""
+    return math.prod(shape) * SAFETENSORS_DTYPES[dtype]
+
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
@@ -194,13 +200,10 @@ def _tensor(raw: Any, i: int) -> TensorEntry:
         or not 0 <= offsets[0] <= offsets[1]
     ):
         raise ManifestError(f"{_where(path + 'offsets')} must be [start, end] with 0 <= start <= end")
-    numel = 1
-    for d in shape:
-        numel *= d
-    if offsets[1] - offsets[0] != numel * SAFETENSORS_DTYPES[dtype]:
+    if offsets[1] - offsets[0] != tensor_nbytes(dtype, shape):
         raise ManifestError(
             f"{_where(path[:-1])} ({name!r}): offsets span {offsets[1] - offsets[0]} bytes but "
-            f"{dtype} {shape} needs {numel * SAFETENSORS_DTYPES[dtype]}"
+            f"{dtype} {shape} needs {tensor_nbytes(dtype, shape)}"
         )
     return TensorEntry(name, dtype, tuple(shape), (offsets[0], offsets[1]))
 
