@@ -123,8 +123,9 @@ class ModelPool:
             return self.slots[model]
 
     def residents(self, pinned: set[str] = frozenset()) -> list[Resident]:  # type: ignore[assignment]
+        eager = set(self.settings.eager_models) if self.settings.profile == "prod" else set()
         return [
-            Resident(s.model, s.tier, s.size_bytes, s.last_used_s, s.model in pinned or s.in_flight > 0)
+            Resident(s.model, s.tier, s.size_bytes, s.last_used_s, s.model in pinned or s.in_flight > 0, s.model in eager)
             for s in list(self.slots.values())
             if s.tier > Tier.REMOTE
         ]

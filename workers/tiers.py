@@ -60,6 +60,7 @@ class Resident:
     size_bytes: int
     last_used_s: float  # monotonic seconds of the last request or warm-up
     pinned: bool = False  # in the middle of a transition, or the model being made room for
+    keep_last: bool = False  # an eager model: demoted only when no other model can make room
 
 
 def steps_between(current: Tier, target: Tier) -> list[Tier]:
@@ -79,7 +80,8 @@ def choose_demotions(
 ) -> list[Resident]:
     """Pick the models to demote below ``level`` so that ``needed_bytes`` more fit.
 
-    Least recently used first; pinned models are never picked.
+    Least recently used first, eager (``keep_last``) models after all others; pinned models
+    are never picked.
 
     Returns:
         The models to demote to ``level - 1``, in order (empty when it already fits).
@@ -96,7 +98,7 @@ def choose_demotions(
             "_BUDGET_BYTES or keep the model at a lower tier"
         )
     victims: list[Resident] = []
-    for candidate in sorted((r for r in holders if not r.pinned), key=lambda r: r.last_used_s):
+    for candidate in sorted((r for r in holders if not r.pinned), key=lambda r: (r.keep_last, r.last_used_s)):
         if free >= needed_bytes:
             break
         victims.append(candidate)

@@ -37,6 +37,16 @@ def test_demotes_least_recently_used_first_and_only_as_many_as_needed() -> None:
     assert choose_demotions(residents, Tier.DEVICE, needed_bytes=10, budget_bytes=130) == []
 
 
+def test_eager_models_are_demoted_only_after_all_others() -> None:
+    residents = [
+        Resident("eager-old", Tier.HOT, 40, 1.0, keep_last=True),
+        Resident("lazy-new", Tier.HOT, 40, 9.0),
+        Resident("eager-new", Tier.HOT, 40, 5.0, keep_last=True),
+    ]
+    assert [v.model for v in choose_demotions(residents, Tier.DEVICE, 40, 120)] == ["lazy-new"]
+    assert [v.model for v in choose_demotions(residents, Tier.DEVICE, 80, 120)] == ["lazy-new", "eager-old"]
+
+
 def test_pinned_models_are_never_demoted() -> None:
     residents = [r("busy", Tier.HOT, 50, 0.0, pinned=True), r("idle", Tier.HOT, 50, 5.0)]
     assert [v.model for v in choose_demotions(residents, Tier.DEVICE, 50, 100)] == ["idle"]
