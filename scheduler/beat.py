@@ -229,12 +229,13 @@ class BeatScheduler:
         for name in dead:
             log.warning("worker %s missed its heartbeats: its models were placed elsewhere", name)
             self.registry.forget_worker(name)
+        self._forget(set(dead), now_s)
         self._fan_out(result, alive, report)
         return report
 
     def _dispatch(self, result: Plan, workers: list[WorkerState], report: TickReport, now_s: float) -> None:
         current = {w.name: {m: str(getattr(t, "value", t)) for m, t in w.tiers.items()} for w in workers if w.alive}
-        timeout_s = max(60.0, 6 * self.settings.plan_interval_s)
+        timeout_s = max(60.0, 6 * self.settings.plan_interval_s)  # as in _forget
         for worker, actions in result.actions.items():
             for action in actions:
                 if action.kind == "keep":
@@ -249,6 +250,14 @@ class BeatScheduler:
                 self.app.send_task(task, kwargs={"model": action.model, "tier": target}, queue=control_queue(worker))
                 self._in_flight[(worker, action.model)] = (target, now_s)
                 report.sent.append({"task": task, "worker": worker, "model": action.model, "tier": target})
+
+    def _forget(self, dead: set[str], now_s: float) -> None:
+        """Drop bookkeeping of dead workers and of sends that are long done."""
+        horizon = max(60.0, 6 * self.settings.plan_interval_s)
+        self._placed_at = {k: v for k, v in self._placed_at.items() if k[0] not in dead}
+        self._in_flight = {
+            k: v for k, v in self._in_flight.items() if k[0] not in dead and now_s - v[1] < horizon
+        }
 
     def _rescue_stranded(self, catalog: dict[str, int], report: TickReport) -> None:
         """A safety net for scale from zero: requests waiting for a model that no live worker

@@ -159,8 +159,14 @@ class ModelPool:
             if target < slot.tier:
                 self.demote(model, target)
                 return slot
-            for step in steps_between(slot.tier, target):
-                self._step_up(slot, step, version, urgent)
+            try:
+                for step in steps_between(slot.tier, target):
+                    self._step_up(slot, step, version, urgent)
+            except UnknownModelError:
+                with self._slots_lock:  # keep no trace of names that are not published
+                    if slot.tier == Tier.REMOTE:
+                        self.slots.pop(model, None)
+                raise
             slot.last_used_s = time.monotonic()
             return slot
 
