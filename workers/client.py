@@ -42,8 +42,10 @@ log = logging.getLogger(__name__)
 
 #: How long a positive "this model is published" answer is trusted.
 KNOWN_MODEL_TTL_S = 30.0
-#: How long "a worker serves this model" is trusted. Safe to cache: a worker that stops
-#: serving a model with requests waiting asks for a pre-warm itself (ModelPool.rescue_queue).
+#: How long "a worker serves this model" is trusted. A request sent in that second to a model
+#: whose worker just stopped serving it is not lost: the worker asks for a pre-warm when it
+#: leaves with requests waiting (ModelPool.rescue_queue), the beat does for any queue with
+#: requests and no worker, and the next request after the second sends one itself.
 HOT_TTL_S = 1.0
 
 

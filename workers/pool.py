@@ -178,6 +178,8 @@ class ModelPool:
             slot.local = self.cache.fetch(self.store, slot.manifest)
         elif step == Tier.HOST:
             assert slot.local is not None and slot.manifest is not None
+            if not slot.local.weights_path.exists():  # the cache evicted it since: fetch again
+                slot.local = self.cache.fetch(self.store, slot.manifest)
             self._make_room(Tier.HOST, slot)
             slot.host_module = restore_model(
                 slot.local.weights_path,
