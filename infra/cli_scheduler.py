@@ -44,8 +44,10 @@ def simulate(trace_dir: Path, policies: tuple[str, ...], budget_bytes: int | Non
     from scheduler.simulator import simulate as run
     from scheduler.traces import load_trace
 
+    from rich.console import Console
+
     result = run(load_trace(trace_dir), list(policies) or None, budget_bytes, sweep=sweep)
-    print_simulation(result)
+    print_simulation(result, Console(width=max(Console().width, 120)))
     if json_path:
         json_path.write_text(json.dumps(result, indent=2))
         click.echo(f"wrote {json_path}", err=True)
@@ -107,7 +109,9 @@ def advise(ctx: click.Context, trace_dir: Path | None, window_min: int, policies
     if as_json:
         click.echo(json.dumps(rows, indent=2))
     else:
-        print_advice(rows)
+        from rich.console import Console
+
+        print_advice(rows, Console(width=max(Console().width, 140)))
 
 
 @click.command()
