@@ -159,6 +159,13 @@ class BudgetError(WorkerError):
     code = "budget"
 
 
+class RequestCrashedWorkersError(WorkerError):
+    """Raised when a request was delivered more than WARMSTART_MAX_DELIVERIES times because
+    the workers running it died (a request that crashes whatever runs it)."""
+
+    code = "request_crashed_workers"
+
+
 class InferenceTimeoutError(WorkerError):
     """Raised on the client when an inference got no answer within its timeout."""
 

@@ -71,6 +71,10 @@ class Settings(BaseSettings):
     # late a request whose worker was killed is answered, and must exceed the slowest inference.
     visibility_timeout_s: float = Field(300.0, gt=0)
     prewarm_claim_s: float = Field(30.0, gt=0)
+    # A request whose worker died is delivered again; one that kills every worker that runs
+    # it would otherwise take the fleet down in turn. After this many deliveries it is
+    # answered with RequestCrashedWorkersError instead of run.
+    max_deliveries: int = Field(3, ge=1)
 
     # --- scheduler ------------------------------------------------------------------------
     plan_interval_s: float = Field(5.0, gt=0)

@@ -6,6 +6,8 @@ file exists, which is how tests make a healthy model start failing without touch
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 
 import torch
@@ -16,14 +18,17 @@ FLAKY = "tests.models:build_flaky"
 
 
 class Tiny(nn.Module):
-    def __init__(self, features: int = 8, outputs: int = 4, delay_s: float = 0.0) -> None:
+    def __init__(self, features: int = 8, outputs: int = 4, delay_s: float = 0.0, crash_on: float | None = None) -> None:
         super().__init__()
         self.linear = nn.Linear(features, outputs)
         self.delay_s = delay_s
+        self.crash_on = crash_on
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.delay_s:
             time.sleep(self.delay_s)  # stands for a slow model, so a test can kill mid-inference
+        if self.crash_on is not None and bool((x == self.crash_on).any()):
+            os.kill(os.getpid(), signal.SIGKILL)  # stands for an input that crashes the process
         return self.linear(x)
 
 
@@ -44,8 +49,8 @@ class Flaky(Tiny):
         return out * float("nan") if mode == "nan" else out + 1.0
 
 
-def build_tiny(features: int = 8, outputs: int = 4, delay_s: float = 0.0) -> nn.Module:
-    return Tiny(features, outputs, delay_s)
+def build_tiny(features: int = 8, outputs: int = 4, delay_s: float = 0.0, crash_on: float | None = None) -> nn.Module:
+    return Tiny(features, outputs, delay_s, crash_on)
 
 
 def build_flaky(flag_path: str, features: int = 8, outputs: int = 4) -> nn.Module:

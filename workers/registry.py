@@ -9,6 +9,7 @@ Keys (all under ``ws:``)::
     hot:<model>              SET    workers where the model is HOT and consuming its queue
     cost:<model>             HASH   "DISK>HOST" -> seconds, the latest measured transition
     prewarm-claim:<model>    STRING set while a lazy pre-warm of the model is in flight
+    redelivered:<task id>    STRING how many times a request was delivered again (1 day)
 """
 
 from __future__ import annotations
@@ -73,6 +74,15 @@ class WorkerRegistry:
     def record_transition(self, model: str, source: str, target: str, seconds: float) -> None:
         with redis_errors(self.client, "recording a transition time"):
             self.client.hset(key("cost", model), f"{source}>{target}", f"{seconds:.6f}")
+
+    def count_redelivery(self, task_id: str, ttl_s: float = 86400.0) -> int:
+        """Count one more delivery of a request that was delivered before; the running total
+        of redeliveries (1 on the second delivery)."""
+        with redis_errors(self.client, "counting a redelivery"):
+            pipe = self.client.pipeline()
+            pipe.incr(key("redelivered", task_id))
+            pipe.expire(key("redelivered", task_id), int(ttl_s))
+            return int(pipe.execute()[0])
 
     def claim_prewarm(self, model: str, ttl_s: float) -> bool:
         """True for the one caller that may send a lazy pre-warm for ``model`` now."""

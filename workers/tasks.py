@@ -21,7 +21,9 @@ from infra.celery_app import (
     TASK_STATUS,
     app,
 )
-from infra.errors import InvalidInputError, WarmstartError
+from celery import Task
+
+from infra.errors import InvalidInputError, RequestCrashedWorkersError, WarmstartError
 from snapshot.names import validate_name
 from workers.runtime import current_runtime
 from workers.tiers import Tier
@@ -44,10 +46,25 @@ def _tier(value: object) -> Tier:
         raise InvalidInputError(str(e)) from e
 
 
-@app.task(name=TASK_INFER, acks_late=True, reject_on_worker_lost=True)
-def infer(model: str, inputs: Any) -> dict[str, Any]:
+@app.task(name=TASK_INFER, bind=True, acks_late=True, reject_on_worker_lost=True)
+def infer(self: Task, model: str, inputs: Any) -> dict[str, Any]:
     """Answer one inference request for ``model`` (queue ``infer.<model>``)."""
-    return _answer(lambda: current_runtime().pool.infer(validate_name(model), inputs))
+    runtime = current_runtime()
+
+    def work() -> dict[str, Any]:
+        # A request handed back after its worker died is counted: one that kills every worker
+        # that runs it is answered with an error after WARMSTART_MAX_DELIVERIES deliveries.
+        if (self.request.delivery_info or {}).get("redelivered"):
+            deliveries = 1 + runtime.registry.count_redelivery(str(self.request.id))
+            if deliveries > runtime.settings.max_deliveries:
+                raise RequestCrashedWorkersError(
+                    f"request {self.request.id} for {model!r} was delivered {deliveries} times: the "
+                    "workers running it died each time. It was not run again; check the inputs "
+                    "against the model (this request may crash it)"
+                )
+        return runtime.pool.infer(validate_name(model), inputs)
+
+    return _answer(work)
 
 
 @app.task(name=TASK_PREWARM, acks_late=True, reject_on_worker_lost=True)

@@ -188,3 +188,25 @@ def test_budgets_demote_the_least_recently_used_and_every_request_is_answered(se
     assert serve("m-b") == {"m-b", "m-c"}
     state = registry.models_of("w-tight")["m-a"]
     assert state["tier"] in ("HOST", "DISK") and not state["consuming"]
+
+
+def test_a_request_that_kills_every_worker_is_given_up_after_max_deliveries(settings, publish, start_worker) -> None:
+    from infra.errors import RequestCrashedWorkersError
+
+    module = publish("fragile", crash_on=666.0)
+    registry = WorkerRegistry(connect(settings.redis_url))
+    client = Client(settings)
+    common = {"profile": "prod", "eager_models": ["fragile"], "max_deliveries": 2}
+    first = start_worker("w-crash-1", **common)
+    wait_for(lambda: registry.hot_workers("fragile"), timeout_s=60)
+    poison = client.submit("fragile", {"x": torch.full((1, 8), 666.0)})
+    wait_for(lambda: not first.alive(), timeout_s=30)  # the first delivery killed it
+
+    second = start_worker("w-crash-2", **common)
+    wait_for(lambda: not second.alive(), timeout_s=60)  # the second delivery killed it too
+
+    start_worker("w-crash-3", **common)  # the third is refused instead of run
+    with pytest.raises(RequestCrashedWorkersError, match="delivered 3 times"):
+        poison.get(timeout_s=60)
+    x = torch.randn(1, 8)
+    torch.testing.assert_close(client.infer("fragile", {"x": x}, timeout_s=60)["output"], expected(module, x))
