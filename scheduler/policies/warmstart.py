@@ -177,7 +177,9 @@ class WarmstartPolicy(Policy):
         if plan["mode"] == "ski-rental":
             theta = self.hot_threshold_for(context)
             if idle_min <= 1.0 / theta - 1.0:
-                return Decision(Tier.HOT, theta, None, "ski-rental")
+                # An insurance hold, not a belief: nothing is known of this model's gaps yet,
+                # so it claims no arrival probability and yields first under a budget.
+                return Decision(Tier.HOT, 0.0, None, "ski-rental")
             daily = self._daily(context, state, now_min, "ski-rental-expired")
             # Nothing learned yet and a host copy is cheap: hold it over the histogram range.
             if daily.tier == Tier.DISK and idle_min < IDLE_BINS:

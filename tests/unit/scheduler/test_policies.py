@@ -112,3 +112,15 @@ def test_warmstart_bigger_models_are_kept_less() -> None:
     small = ModelContext("s", size_bytes=10, reference_bytes=100)
     big = ModelContext("b", size_bytes=1000, reference_bytes=100)
     assert policy.hot_threshold_for(small) < policy.hot_threshold_for(big)
+
+
+def test_warmstart_insurance_hold_claims_no_probability() -> None:
+    """Before any idle time is known the model is held HOT as insurance, with probability 0,
+    so that a budget drops it before any model whose demand was learned."""
+    policy = make_policy("warmstart")
+    decision, state = policy.step(ModelContext("m"), TrafficState(), 100, 1)
+    assert decision.tier == Tier.HOT and decision.reason == "ski-rental"
+    assert decision.arrival_prob == 0.0
+    for minute in range(101, 106):
+        decision, state = policy.step(ModelContext("m"), state, minute, 0)
+    assert decision.tier == Tier.HOT and decision.arrival_prob == 0.0
