@@ -19,10 +19,14 @@ half the sum of all model sizes, which the policies' HOT sets exceed at peaks):
 - ``cold_seconds``: seconds of cold start paid, from the tier each model was at when its
   requests arrived (HOST, DISK, or REMOTE before its first load), with the cost model's times;
 - ``budget_cold_pct``: the cold % once the models a policy wants HOT in a minute are cut to
-  the budget: they are kept by expected cold-start seconds avoided per byte (arrival
-  probability × seconds saved / bytes) and the rest evicted to HOST (if the HOST budget has
-  room, ranked the same way) or DISK for that minute. The budget bounds what is held ahead of
-  demand; a model loaded by its own requests is served whatever the budget.
+  the budget as the live planner (:func:`scheduler.planner.plan`) cuts them on one worker:
+  ranked by :meth:`ModelCosts.value_per_byte` of HOT instead of HOST (the arrival
+  probability the policy gave, floored at ``PLANNER_MIN_PROB`` like the planner, × seconds
+  saved / bytes) and placed greedily, each model that still fits kept, the others evicted
+  to HOST; then the models at HOST the same way against the HOST budget (HOST instead of
+  DISK), the rest to DISK for that minute. The planner's hysteresis (incumbent margin,
+  minimum residency) is not modelled. The budget bounds what is held ahead of demand; a
+  model loaded by its own requests is served whatever the budget.
 """
 
 from __future__ import annotations
@@ -44,6 +48,9 @@ REFERENCE_POLICY = "fixed-10"
 DEFAULT_BUDGET_FRACTION = 0.5
 SWEEP_FIXED_MIN = (1, 2, 5, 20, 30, 60, 120)
 SWEEP_WARMSTART_MIN = (2, 5, 20, 40, 80)
+#: The planner ranks a model with no stated probability by its seconds saved per byte alone
+#: (``scheduler.planner`` floors ``arrival_prob`` at this value); the simulator does the same.
+PLANNER_MIN_PROB = 1e-12
 
 _HOT, _HOST, _DISK, _REMOTE = (TIER_ORDER.index(t) for t in (Tier.HOT, Tier.HOST, Tier.DISK,
                                                               Tier.REMOTE))
@@ -95,32 +102,51 @@ def default_budget_bytes(trace: Trace) -> int:
 
 
 def _budgeted(tiers: np.ndarray, probs: np.ndarray, size: np.ndarray,
-              seconds: np.ndarray, budget_bytes: int) -> tuple[np.ndarray, int]:
-    """Tiers after per-minute eviction under a HOT budget and an equal HOST budget."""
+              saved_s: np.ndarray, budget_bytes: int) -> tuple[np.ndarray, int]:
+    """Tiers after per-minute eviction under a HOT budget and an equal HOST budget.
+
+    Per minute and tier, as :func:`scheduler.planner.plan` does on one worker with no
+    incumbents: the models wanting that tier (HOT, then HOST, the latter including those
+    evicted from HOT) are ranked by :meth:`ModelCosts.value_per_byte` of that tier instead of
+    the next colder one, with the arrival probability floored at ``PLANNER_MIN_PROB`` (ties
+    keep the models' order), and placed greedily: each one that still fits is kept, the
+    others go one tier colder.
+
+    Args:
+        tiers: ``(N, T)`` tier indexes (into ``TIER_ORDER``) the policy wanted.
+        probs: ``(N, T)`` the arrival probabilities it gave with them.
+        size: ``(N,)`` model sizes in bytes.
+        saved_s: ``(N, 2)`` seconds saved per arrival by HOT instead of HOST and by HOST
+            instead of DISK.
+        budget_bytes: the HOT budget, and the HOST budget.
+
+    Returns:
+        ``(tiers, evictions)``: the tiers held, and how many model-minutes lost HOT.
+    """
     out = tiers.copy()
     evictions = 0
-    saved_hot = seconds[:, _DISK]
-    saved_host = seconds[:, _DISK] - seconds[:, _HOST]
+    value = np.maximum(probs.astype(np.float64), PLANNER_MIN_PROB)
+    sizes = size.tolist()
     for t in range(tiers.shape[1]):
         col = out[:, t]
-        want = np.flatnonzero(col == _HOT)
-        if want.size and size[want].sum() > budget_bytes:
-            order = want[np.argsort(-(probs[want, t] * saved_hot[want] / size[want]),
-                                    kind="stable")]
-            fits = np.cumsum(size[order]) <= budget_bytes
-            col[order[~fits]] = _HOST
-            evictions += int((~fits).sum())
-        want = np.flatnonzero(col == _HOST)
-        if want.size and size[want].sum() > budget_bytes:
-            order = want[np.argsort(-(probs[want, t] * saved_host[want] / size[want]),
-                                    kind="stable")]
-            fits = np.cumsum(size[order]) <= budget_bytes
-            col[order[~fits]] = _DISK
-    return out, evictions
+        for tier, colder, saved in ((_HOT, _HOST, saved_s[:, 0]), (_HOST, _DISK, saved_s[:, 1])):
+            want = np.flatnonzero(col == tier)
+            if not want.size or size[want].sum() <= budget_bytes:
+                continue
+            order = want[np.argsort(-(value[want, t] * saved[want] / size[want]), kind="stable")]
+            room = budget_bytes
+            for i in order.tolist():
+                if sizes[i] <= room:
+                    room -= sizes[i]
+                else:
+                    col[i] = colder
+                    evictions += tier == _HOT
+    return out, int(evictions)
 
 
 def _metrics(name: str, trace: Trace, tiers: np.ndarray, probs: np.ndarray,
-             seconds: np.ndarray, budget_bytes: int, elapsed_s: float) -> dict[str, Any]:
+             seconds: np.ndarray, saved_s: np.ndarray, budget_bytes: int,
+             elapsed_s: float) -> dict[str, Any]:
     active = trace.counts > 0
     hot = tiers == _HOT
     mem_mb = trace.memory_mb[:, None]
@@ -128,7 +154,7 @@ def _metrics(name: str, trace: Trace, tiers: np.ndarray, probs: np.ndarray,
     n_active = active.sum(axis=1)
     per_model = cold.sum(axis=1)[n_active > 0] / n_active[n_active > 0] * 100
     size = trace.memory_bytes()
-    b_tiers, evictions = _budgeted(tiers, probs, size, seconds, budget_bytes)
+    b_tiers, evictions = _budgeted(tiers, probs, size, saved_s, budget_bytes)
     b_cold = active & (b_tiers != _HOT)
     # Before its first arrival a model has never been fetched: it comes from REMOTE.
     seen_before = np.cumsum(active, axis=1) - active > 0
@@ -181,6 +207,9 @@ def simulate(trace: Trace, policies: list[str] | None = None, budget_bytes: int 
     size = trace.memory_bytes()
     seconds_by_model = [default_to_hot_s(int(s), throughputs) for s in size]
     seconds = np.array([[d[t.value] for t in TIER_ORDER] for d in seconds_by_model])
+    costs = [ModelCosts(n, int(s), d) for n, d, s in zip(trace.names, seconds_by_model, size)]
+    saved_s = np.array([[c.seconds_saved(Tier.HOT, Tier.HOST), c.seconds_saved(Tier.HOST, Tier.DISK)]
+                        for c in costs])
     reference = int(size.mean())
     contexts = [ModelContext(n, d, int(s), reference)
                 for n, d, s in zip(trace.names, seconds_by_model, size)]
@@ -193,7 +222,7 @@ def simulate(trace: Trace, policies: list[str] | None = None, budget_bytes: int 
     for name in dict.fromkeys([REFERENCE_POLICY] + names + extra):
         t0 = time.perf_counter()
         tiers, probs = replay(trace, name, contexts)
-        results[name] = _metrics(name, trace, tiers, probs, seconds, budget,
+        results[name] = _metrics(name, trace, tiers, probs, seconds, saved_s, budget,
                                  time.perf_counter() - t0)
     ref = results[REFERENCE_POLICY]["waste_mb_min"] or 1.0
     for r in results.values():

@@ -27,7 +27,8 @@ def make_policy(name: str) -> Policy:
 
     Args:
         name: ``fixed-N`` (keep-alive N minutes, e.g. ``fixed-10``), ``hybrid``,
-            ``warmstart`` (break-even 10 minutes) or ``warmstart-B`` (break-even B minutes).
+            ``warmstart`` (a cold start worth 240 minutes of the fleet's mean model's GPU
+            memory, ``DEFAULT_BREAKEVEN_MIN``) or ``warmstart-B`` (worth B minutes).
 
     Returns:
         A fresh :class:`Policy`.

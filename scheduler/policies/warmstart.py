@@ -12,18 +12,25 @@ HOT in the next minute exactly when the probability of an arrival then, ``h``, s
 ``h`` is learned online per model, from three sources, in this order:
 
 1. **Idle-time hazard.** After an arrival, ``h(d)`` for ``d`` minutes of idleness is the
-   discrete hazard of the next idle time: ``P(next = d) / P(next ≥ d)``. The distribution is
-   the Bayesian posterior predictive under a Dirichlet-process prior of weight one idle time
-   whose base measure is the model's own histogram blurred by ±10% of each idle time (timer
-   jitter grows with the period). One observation therefore covers its neighbourhood like
-   hybrid's 10% margins, and the blur fades as the exact idle time repeats, so periodic
-   models end up loaded only in the minute they are called.
-2. **Daily profile.** Beyond the histogram's support (idle longer than any seen in range, or
-   out of range), once a full day has been observed: the fraction of past days with an
-   arrival within ±``DAILY_JITTER_MIN`` minutes of the next minute-of-day.
-3. **Ski rental.** With no idle time observed yet, nothing can be predicted: keep the model
-   HOT for ``B`` minutes, the deterministic 2-competitive rule for this valuation, then at
-   HOST over the histogram's range (a host copy is cheap).
+   discrete hazard of the next idle time, ``h(d) = (n(d) + k·h̄(d)) / (R(d) + k)``: ``n(d)``
+   idle times of exactly ``d`` minutes, ``R(d)`` idle times of at least ``d`` (at risk),
+   shrunk with ``k = PRIOR_WEIGHT`` pseudo-observations towards ``h̄(d)``, the
+   occurrence/exposure rate over the log-scale window ``[d/2, 2d]`` (see
+   :func:`idle_hazard`). With much data the exact hazard wins, so periodic models end up
+   loaded only in the minute they are called; with little data the coarse rate fills the
+   holes between observed idle times and reaches a little past the longest one.
+2. **Daily profile.** Beyond the hazard's support (idle longer than any seen, blurred),
+   once a full day has been observed: the fraction of past days with an arrival within
+   ±``DAILY_JITTER_MIN`` minutes of the next minute-of-day.
+3. **First gap.** With no idle time observed yet, ``h(d) = 1/(d + 1)``, Laplace's rule of
+   succession over the ``d - 1`` minutes without an arrival (:func:`first_gap_prob`). The
+   rule ``h ≥ θ`` then keeps the model HOT for exactly ``B`` minutes (the deterministic
+   2-competitive ski-rental hold for this valuation), then at HOST over the histogram's
+   range (a host copy is cheap).
+
+Every decision carries the ``h`` it was taken on as ``arrival_prob`` (the hazard of that very
+minute, not the best minute of a window): a memory budget ranks models by it
+(:meth:`scheduler.costs.ModelCosts.value_per_byte`), so it must be the policy's belief.
 
 Below the HOT threshold, the model is held at HOST while ``h`` is above the HOST threshold
 that :func:`scheduler.costs.host_threshold` derives from the tier load times and prices (a
@@ -91,9 +98,20 @@ def idle_hazard(idle_hist: list[int], idle_oob: int) -> np.ndarray:
     return hazard
 
 
-def _intervals(mask: np.ndarray, probs: np.ndarray) -> list[list[float]]:
-    """``[[first_idle_min, last_idle_min, max_prob], …]`` for runs of True in ``mask``."""
-    out: list[list[float]] = []
+def first_gap_prob(idle_min: int) -> float:
+    """Arrival probability in the ``idle_min``-th minute after a model's first arrival.
+
+    Nothing is known of the model's idle times yet; the ``idle_min - 1`` minutes since the
+    arrival passed without one. Laplace's rule of succession over those minutes gives
+    ``1 / (idle_min + 1)``. Thresholding it at ``θ = 1/(1 + B)`` keeps the model HOT for
+    exactly ``B`` minutes, the ski-rental hold.
+    """
+    return 1.0 / (max(idle_min, 0) + 1.0)
+
+
+def _intervals(mask: np.ndarray) -> list[list[int]]:
+    """``[[first_idle_min, last_idle_min], …]`` for runs of True in ``mask``."""
+    out: list[list[int]] = []
     idx = np.flatnonzero(mask)
     if idx.size == 0:
         return out
@@ -101,7 +119,7 @@ def _intervals(mask: np.ndarray, probs: np.ndarray) -> list[list[float]]:
     starts = np.concatenate(([idx[0]], idx[breaks + 1]))
     ends = np.concatenate((idx[breaks], [idx[-1]]))
     for s, e in zip(starts, ends):
-        out.append([int(s), int(e), round(float(probs[s:e + 1].max()), 6)])
+        out.append([int(s), int(e)])
     return out
 
 
@@ -162,8 +180,11 @@ class WarmstartPolicy(Policy):
             predicted = float(np.argmax(hot[1:]) + 1)
         return {
             "mode": "hazard",
-            "hot": _intervals(hot, hazard),
-            "host": _intervals(host, hazard),
+            "hot": _intervals(hot),
+            "host": _intervals(host),
+            # The belief of each idle minute up to the support, for the decision's
+            # arrival_prob (what a budget ranks by); 6 significant digits keep it small.
+            "prob": [float(f"{h:.6g}") for h in hazard[:last + 1]],
             "support_min": last,
             "host_threshold": host_th,
             "predicted_idle_min": predicted,
@@ -172,29 +193,36 @@ class WarmstartPolicy(Policy):
     def decide(self, context: ModelContext, state: TrafficState, now_min: int) -> Decision:
         if state.last_arrival_min is None:
             return Decision(Tier.DISK, 0.0, None, "never-seen")
-        plan = state.plan or self.replan(context, state, now_min)
+        plan = state.plan
+        if not plan or (plan["mode"] == "hazard" and "prob" not in plan):
+            # No plan yet, or one stored by a version without per-minute probabilities: the
+            # plan is a function of the state since the last arrival, so rebuild it.
+            plan = self.replan(context, state, now_min)
         idle_min = now_min + 1 - state.last_arrival_min
         if plan["mode"] == "ski-rental":
-            theta = self.hot_threshold_for(context)
-            if idle_min <= 1.0 / theta - 1.0:
-                # An insurance hold, not a belief: nothing is known of this model's gaps yet,
-                # so it claims no arrival probability and yields first under a budget.
-                return Decision(Tier.HOT, 0.0, None, "ski-rental")
+            prob = first_gap_prob(idle_min)
+            if prob >= self.hot_threshold_for(context):
+                return Decision(Tier.HOT, prob, None, "ski-rental")
             daily = self._daily(context, state, now_min, "ski-rental-expired")
+            if daily.tier != Tier.DISK:
+                return daily
             # Nothing learned yet and a host copy is cheap: hold it over the histogram range.
-            if daily.tier == Tier.DISK and idle_min < IDLE_BINS:
-                return Decision(Tier.HOST, daily.arrival_prob, None, "ski-rental-host")
-            return daily
+            prob = max(prob, daily.arrival_prob)
+            if idle_min < IDLE_BINS:
+                return Decision(Tier.HOST, prob, None, "ski-rental-host")
+            return Decision(Tier.DISK, prob, None, daily.reason)
         predicted = plan.get("predicted_idle_min")
         next_min = None if predicted is None else state.last_arrival_min + predicted
-        for lo, hi, prob in plan["hot"]:
+        probs = plan["prob"]
+        prob = probs[idle_min] if idle_min < len(probs) else 0.0
+        for lo, hi in plan["hot"]:
             if lo <= idle_min <= hi:
                 return Decision(Tier.HOT, prob, next_min, "hazard")
         if idle_min <= plan["support_min"]:
-            for lo, hi, prob in plan["host"]:
+            for lo, hi in plan["host"]:
                 if lo <= idle_min <= hi:
                     return Decision(Tier.HOST, prob, next_min, "hazard-host")
-            return Decision(Tier.DISK, 0.0, next_min, "hazard-unlikely")
+            return Decision(Tier.DISK, prob, next_min, "hazard-unlikely")
         return self._daily(context, state, now_min, "beyond-support")
 
     def _daily(self, context: ModelContext, state: TrafficState, now_min: int,

@@ -9,6 +9,7 @@ import pytest
 from infra.errors import SchedulerError
 from scheduler.policies import ModelContext, Tier, TrafficState, make_policy
 from scheduler.policies.hybrid import histogram_windows
+from scheduler.policies.warmstart import idle_hazard
 
 
 def run(policy_name: str, arrivals: dict[int, int], minutes: int, start: int = 0):
@@ -114,13 +115,56 @@ def test_warmstart_bigger_models_are_kept_less() -> None:
     assert policy.hot_threshold_for(small) < policy.hot_threshold_for(big)
 
 
-def test_warmstart_insurance_hold_claims_no_probability() -> None:
-    """Before any idle time is known the model is held HOT as insurance, with probability 0,
-    so that a budget drops it before any model whose demand was learned."""
-    policy = make_policy("warmstart")
+def test_warmstart_first_gap_prob_is_laplace_and_holds_b_minutes() -> None:
+    """Before any idle time is known, h(d) = 1/(d + 1) (rule of succession); HOT while
+    h >= θ = 1/(1 + B), i.e. exactly B minutes, and each decision says that h."""
+    policy = make_policy("warmstart-10")
     decision, state = policy.step(ModelContext("m"), TrafficState(), 100, 1)
-    assert decision.tier == Tier.HOT and decision.reason == "ski-rental"
-    assert decision.arrival_prob == 0.0
-    for minute in range(101, 106):
+    assert (decision.tier, decision.reason) == (Tier.HOT, "ski-rental")
+    assert decision.arrival_prob == pytest.approx(1 / 2)
+    seen = {}
+    for minute in range(101, 130):
         decision, state = policy.step(ModelContext("m"), state, minute, 0)
-    assert decision.tier == Tier.HOT and decision.arrival_prob == 0.0
+        seen[minute + 1 - 100] = decision
+    assert [d for d, dec in seen.items() if dec.tier == Tier.HOT] == list(range(2, 11))
+    assert seen[10].arrival_prob == pytest.approx(1 / 11)  # = θ: the last HOT minute
+    assert (seen[11].tier, seen[11].reason) == (Tier.HOST, "ski-rental-host")
+    assert seen[11].arrival_prob == pytest.approx(1 / 12)
+
+
+def test_warmstart_arrival_prob_is_the_hazard_of_that_minute() -> None:
+    """Within one HOT window each minute reports its own hazard, not the window's best:
+    a budget ranks models by it."""
+    state = TrafficState()
+    state.idle_hist[1] = 8   # mostly back-to-back minutes...
+    state.idle_hist[30] = 2  # ...and two half-hour gaps
+    state.recent_idle_min = [1] * 8 + [30] * 2
+    state.last_observed_min = 99
+    state.first_observed_min = 0
+    policy = make_policy("warmstart")
+    hazard = idle_hazard(state.idle_hist, state.idle_oob)
+    decision, state = policy.step(ModelContext("m"), state, 100, 1)
+    got = {1: decision}
+    for minute in range(101, 140):
+        decision, state = policy.step(ModelContext("m"), state, minute, 0)
+        got[minute + 1 - 100] = decision
+    hot = [d for d, dec in got.items() if dec.tier == Tier.HOT]
+    assert 1 in hot and 4 not in hot and {15, 30, 31} <= set(hot)
+    for d, dec in got.items():
+        assert dec.arrival_prob == pytest.approx(hazard[d], rel=1e-5), d
+    # (8 + h̄(1)) / (10 + 1), h̄(1) = 8 events / 12 minutes at risk over the window [1, 2].
+    assert got[1].arrival_prob == pytest.approx((8 + 8 / 12) / 11, rel=1e-5)
+    # One HOT window from 15 on: its first minutes are far less likely than its 30th.
+    assert got[15].arrival_prob < 0.02 and got[30].arrival_prob > 0.6
+
+
+def test_warmstart_rebuilds_a_plan_stored_without_probabilities() -> None:
+    """A state saved by the previous version (intervals with a max, no per-minute
+    probabilities) still decides, as if the plan had just been built."""
+    _, state = run("warmstart", {m: 1 for m in range(0, 200, 20)}, 205)
+    policy = make_policy("warmstart")
+    fresh = policy.decide(ModelContext("m"), state, 204)
+    old = TrafficState.from_dict({**state.to_dict(), "plan": {
+        "mode": "hazard", "hot": [[1, 40, 1.0]], "host": [], "support_min": 40,
+        "host_threshold": 0.001, "predicted_idle_min": 20.0}})
+    assert policy.decide(ModelContext("m"), old, 204) == fresh

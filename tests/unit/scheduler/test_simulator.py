@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import random
 
 import numpy as np
 import pytest
 
 from infra.errors import SchedulerError
-from scheduler.simulator import simulate
+from scheduler.costs import ModelCosts
+from scheduler.planner import ModelDemand, WorkerState, plan
+from scheduler.policies.base import Tier
+from scheduler.simulator import _budgeted, simulate
 from scheduler.traces import Trace
 
 
@@ -68,3 +72,55 @@ def test_plot_writes_a_png(tmp_path) -> None:
     console = Console(record=True, width=200)
     print_simulation(r, console)
     assert "warmstart-5" in console.export_text()
+
+
+MiB = 2**20
+
+
+def saved_of(costs: list[ModelCosts]) -> np.ndarray:
+    return np.array([[c.seconds_saved(Tier.HOT, Tier.HOST), c.seconds_saved(Tier.HOST, Tier.DISK)]
+                     for c in costs])
+
+
+def test_budget_keeps_a_later_model_that_still_fits() -> None:
+    """Greedy by value per byte, skipping what does not fit (as the planner), not a prefix."""
+    costs = [ModelCosts("big", 80 * MiB), ModelCosts("mid", 40 * MiB),
+             ModelCosts("tiny", 10 * MiB)]
+    size = np.array([c.size_bytes for c in costs])
+    tiers = np.zeros((3, 1), dtype=np.int8)  # all want HOT
+    probs = np.array([[1.0], [1.0], [0.001]], dtype=np.float32)
+    out, evictions = _budgeted(tiers, probs, size, saved_of(costs), 100 * MiB)
+    # Ranked mid (40), big (80: 120 > 100, evicted to HOST), tiny (10: 50 <= 100, kept).
+    assert out[:, 0].tolist() == [1, 0, 0] and evictions == 1
+
+
+def test_budget_ranks_models_without_a_probability_by_seconds_per_byte() -> None:
+    """p = 0 is floored as in the planner: among such models the smaller one (more seconds
+    saved per byte) is kept, whatever the order of the rows."""
+    costs = [ModelCosts("large", 300 * MiB), ModelCosts("small", 30 * MiB)]
+    size = np.array([c.size_bytes for c in costs])
+    out, _ = _budgeted(np.zeros((2, 1), dtype=np.int8), np.zeros((2, 1), dtype=np.float32),
+                       size, saved_of(costs), 300 * MiB)
+    assert out[:, 0].tolist() == [1, 0]  # small kept HOT; large evicted to HOST
+
+
+def test_budget_agrees_with_the_planner_on_one_worker() -> None:
+    """Per minute, the simulator's budget keeps at HOT and HOST exactly what the live
+    planner places on one empty worker with the same budgets."""
+    rng = random.Random(3)
+    tier_of = {0: Tier.HOT, 1: Tier.HOST, 2: Tier.DISK}
+    for _ in range(300):
+        n = rng.randint(1, 12)
+        costs = [ModelCosts(f"m{i}", rng.randint(1, 400) * MiB) for i in range(n)]
+        size = np.array([c.size_bytes for c in costs])
+        tiers = np.array([[rng.choice([0, 0, 1, 2])] for _ in range(n)], dtype=np.int8)
+        probs = np.array([[rng.choice([0.0, 1.0, rng.random()])] for _ in range(n)],
+                         dtype=np.float32)
+        budget = rng.randint(0, 1200) * MiB
+        out, _ = _budgeted(tiers, probs, size, saved_of(costs), budget)
+        demands = [ModelDemand(c.model, tier_of[int(tiers[i, 0])], float(probs[i, 0]))
+                   for i, c in enumerate(costs)]
+        worker = WorkerState("w", budget, budget, 2**50)
+        placed = plan(demands, [worker], {c.model: c for c in costs}).placement
+        assert out[:, 0].tolist() == [
+            {Tier.HOT: 0, Tier.HOST: 1, Tier.DISK: 2}[placed[c.model][1]] for c in costs]
