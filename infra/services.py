@@ -17,7 +17,6 @@ import sys
 import tempfile
 import time
 import urllib.request
-from pathlib import Path
 from types import TracebackType
 
 from infra.errors import WarmstartError
@@ -181,8 +180,3 @@ def apply_test_credentials() -> None:
     """Point boto3 at throwaway credentials unless real ones are set (demo and tests only)."""
     for key, value in EmbeddedS3.credentials_env().items():
         os.environ.setdefault(key, value)
-
-
-def ensure_dir(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    return path

@@ -126,9 +126,3 @@ class TrafficRecorder:
         with redis_errors(self.client, "listing models with traffic"):
             names = {k.split(":")[2] for k in self.client.scan_iter(match=key("traffic", "*", "last"), count=500)}
         return sorted(names)
-
-    def forget(self, models: Iterable[str]) -> None:
-        with redis_errors(self.client, "forgetting traffic"):
-            for model in models:
-                for k in self.client.scan_iter(match=_tkey(model, "*"), count=500):
-                    self.client.delete(k)

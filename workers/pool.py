@@ -13,14 +13,13 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
 
 from infra.errors import (
-    BudgetError,
     HealthCheckError,
     SnapshotNotFoundError,
     UnknownModelError,
