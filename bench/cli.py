@@ -32,8 +32,8 @@ def restore(
 ) -> None:
     """Restore latency: warmstart vs torch.load, safetensors and tensorizer, each in a fresh
     process, page-cached and from a cold file."""
-    from bench.report import print_tables, write_json
-    from bench.restore import RestoreBenchConfig, restore_tables, run_restore_benchmark
+    from warmstart.bench.report import print_tables, write_json
+    from warmstart.bench.restore import RestoreBenchConfig, restore_tables, run_restore_benchmark
 
     config = RestoreBenchConfig(
         size_mb=size_mb, repeats=repeats, steady_runs=steady_runs, workdir=workdir, threads=threads
@@ -64,8 +64,8 @@ def serve(
 ) -> None:
     """Serving overhead: warm requests against a bare Celery echo, and a lazy cold start
     against a fresh torch.load process. Starts its own redis-server and worker."""
-    from bench.report import print_tables, write_json
-    from bench.serve import ServeBenchConfig, run_serve_benchmark, serve_tables
+    from warmstart.bench.report import print_tables, write_json
+    from warmstart.bench.serve import ServeBenchConfig, run_serve_benchmark, serve_tables
 
     config = ServeBenchConfig(
         size_mb=size_mb, requests=requests, cold_repeats=cold_repeats,

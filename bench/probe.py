@@ -1,6 +1,6 @@
 """One measurement in a fresh process: load a model one way, then time its inferences.
 
-Run by :mod:`bench.restore` as ``python -m bench.probe SPEC_JSON``; prints one JSON object on
+Run by :mod:`warmstart.bench.restore` as ``python -m warmstart.bench.probe SPEC_JSON``; prints one JSON object on
 stdout (everything else the libraries print goes to stderr) and exits.
 
 What is timed, identically for every path:
@@ -52,8 +52,8 @@ def _factory(spec: dict[str, Any]) -> Callable[[], nn.Module]:
 
 
 def _prepare_warmstart(spec: dict[str, Any]) -> Loader:
-    from snapshot.manifest import parse_manifest
-    from snapshot.restore import restore_model
+    from warmstart.snapshot.manifest import parse_manifest
+    from warmstart.snapshot.restore import restore_model
 
     manifest = parse_manifest(Path(spec["manifest_path"]).read_bytes())
     weights = Path(spec["weights_path"])
@@ -208,7 +208,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     path = spec["path"]
     if path not in _PREPARERS:
         raise ValueError(f"unknown probe path {path!r}; expected one of {PATHS}")
-    from snapshot.process import prepare_process
+    from warmstart.snapshot.process import prepare_process
 
     if spec.get("threads"):
         torch.set_num_threads(int(spec["threads"]))
@@ -263,7 +263,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
 
 def main(argv: list[str]) -> int:
     if len(argv) != 1:
-        print("usage: python -m bench.probe SPEC_JSON", file=sys.stderr)
+        print("usage: python -m warmstart.bench.probe SPEC_JSON", file=sys.stderr)
         return 2
     spec = json.loads(argv[0])
     # Libraries may print; only our JSON may reach stdout, so the parent can parse it.

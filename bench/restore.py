@@ -3,7 +3,7 @@
 Setup (untimed): build the transformer-encoder example of about ``size_mb`` MiB, publish it
 to a local file store, fetch it into a snapshot cache as a worker would, and write the same
 weights for each baseline (``torch.save``, tensorizer). Then every path is measured in its own
-fresh process (:mod:`bench.probe`), ``repeats`` times, interleaved so that a burst of noise
+fresh process (:mod:`warmstart.bench.probe`), ``repeats`` times, interleaved so that a burst of noise
 hits every path alike, and the median is reported:
 
 * page-cached: each file is read once right before its probe, so restore costs no disk I/O;
@@ -29,9 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import pagecache
-from bench.probe import PATHS
-from bench.report import (
+from warmstart.bench import pagecache
+from warmstart.bench.probe import PATHS
+from warmstart.bench.report import (
     environment,
     format_bytes,
     format_ratio,
@@ -42,7 +42,7 @@ from bench.report import (
     median,
     ratio,
 )
-from infra.errors import WarmstartError
+from warmstart.infra.errors import WarmstartError
 
 #: JSON key of each baseline's page-cached restore time, by probe path.
 BASELINE_KEYS = {
@@ -127,10 +127,10 @@ def prepare_files(root: Path, size_mb: float) -> BenchFiles:
     from safetensors.torch import save_file
     from tensorizer import TensorSerializer
 
-    from snapshot.cache import SnapshotCache
-    from snapshot.examples import transformer_example
-    from snapshot.publish import publish_module
-    from snapshot.stores import LocalStore
+    from warmstart.snapshot.cache import SnapshotCache
+    from warmstart.snapshot.examples import transformer_example
+    from warmstart.snapshot.publish import publish_module
+    from warmstart.snapshot.stores import LocalStore
 
     torch.manual_seed(0)
     example = transformer_example(size_mb)
@@ -198,7 +198,7 @@ def run_probe(files: BenchFiles, path: str, config: RestoreBenchConfig) -> dict[
     env["PYTHONPATH"] = os.pathsep.join(p for p in (repo_root, env.get("PYTHONPATH")) if p)
     try:
         done = subprocess.run(
-            [sys.executable, "-m", "bench.probe", json.dumps(spec)],
+            [sys.executable, "-m", "warmstart.bench.probe", json.dumps(spec)],
             capture_output=True, text=True, timeout=config.probe_timeout_s, env=env, cwd=repo_root,
         )  # fmt: skip
     except subprocess.TimeoutExpired as e:

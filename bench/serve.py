@@ -3,7 +3,7 @@
 One run starts its own redis-server and one worker process (dev profile, CPU) and measures,
 side by side:
 
-* **warm path**: ``requests`` sequential inferences through :class:`workers.client.Client`
+* **warm path**: ``requests`` sequential inferences through :class:`warmstart.workers.client.Client`
   (one in flight), each one's end-to-end latency minus the model forward time the worker
   measured (``forward_ms``), against a bare Celery round trip: the ``warmstart.echo`` task
   sent to the model's own ``infer.<model>`` queue, so that both go through the same queue,
@@ -12,7 +12,7 @@ side by side:
 * **lazy cold path**: a request for a model the worker does not hold, its snapshot already in
   the worker's cache and page cache: enqueue to answer, the client's lazy pre-warm included.
   Between repeats the model is demoted to DISK (not REMOTE, which would evict the cache).
-  Against it, the naive cold start (:mod:`bench.serve_probe`): a fresh process that imports
+  Against it, the naive cold start (:mod:`warmstart.bench.serve_probe`): a fresh process that imports
   torch, ``torch.load``\\ s a state dict, builds the model and answers once.
 
 Everything (temp dir, redis-server, worker, probe processes) is removed even on error or
@@ -31,8 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import pagecache
-from bench.report import (
+from warmstart.bench import pagecache
+from warmstart.bench.report import (
     environment,
     format_bytes,
     format_ratio,
@@ -42,7 +42,7 @@ from bench.report import (
     median,
     ratio,
 )
-from bench.serve_paths import (
+from warmstart.bench.serve_paths import (
     MODEL,
     WORKER,
     Progress,
@@ -56,7 +56,7 @@ from bench.serve_paths import (
     time_inference,
     warm_client,
 )
-from infra.errors import WarmstartError
+from warmstart.infra.errors import WarmstartError
 
 MiB = 1024 * 1024
 
@@ -127,11 +127,11 @@ def prepare_files(root: Path, size_mb: float) -> ServeFiles:
     """
     import torch
 
-    from snapshot.cache import SnapshotCache
-    from snapshot.catalog import read_manifest
-    from snapshot.examples import transformer_example
-    from snapshot.publish import publish_module
-    from snapshot.stores import open_store_url
+    from warmstart.snapshot.cache import SnapshotCache
+    from warmstart.snapshot.catalog import read_manifest
+    from warmstart.snapshot.examples import transformer_example
+    from warmstart.snapshot.publish import publish_module
+    from warmstart.snapshot.stores import open_store_url
 
     torch.manual_seed(0)
     example = transformer_example(size_mb, name=MODEL)
@@ -176,7 +176,7 @@ def _budget_bytes(size_bytes: int) -> int:
 
 
 def naive_spec(files: ServeFiles) -> dict[str, Any]:
-    """What the naive probe loads and answers (:func:`bench.serve_probe.answer_once`)."""
+    """What the naive probe loads and answers (:func:`warmstart.bench.serve_probe.answer_once`)."""
     return {
         "weights_path": str(files.torch_path),
         "factory": files.factory,
@@ -330,12 +330,12 @@ def run_serve_benchmark(config: ServeBenchConfig, progress: Progress | None = No
     Raises:
         WarmstartError: a service or the worker failed, an answer was wrong or late.
     """
-    from infra.processes import WorkerProcess
-    from infra.redis_client import connect
-    from infra.services import EmbeddedRedis
-    from infra.settings import load_settings
-    from workers.client import Client
-    from workers.registry import WorkerRegistry
+    from warmstart.processes import WorkerProcess
+    from warmstart.infra.redis_client import connect
+    from warmstart.infra.services import EmbeddedRedis
+    from warmstart.infra.settings import load_settings
+    from warmstart.workers.client import Client
+    from warmstart.workers.registry import WorkerRegistry
 
     say = progress or (lambda _line: None)
     if config.workdir is not None:

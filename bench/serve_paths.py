@@ -3,7 +3,7 @@ start, a naive cold start in a fresh process; and the worker-side moves between 
 (demote, pre-warm, waiting for the worker's queues to change).
 
 Each function performs one measurement or one move against a running worker and returns
-plain numbers; :mod:`bench.serve` sets up, schedules and summarises.
+plain numbers; :mod:`warmstart.bench.serve` sets up, schedules and summarises.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from bench.report import median
-from infra.errors import WarmstartError
+from warmstart.bench.report import median
+from warmstart.infra.errors import WarmstartError
 
 #: The served model's name (in the store, the cache and the queue ``infer.<name>``).
 MODEL = "bench-serve-encoder"
@@ -82,7 +82,7 @@ def time_echo(app: Any, queue: str, payload: object, timeout_s: float) -> float:
     Raises:
         WarmstartError: the echo came back with something else than its payload.
     """
-    from infra.celery_app import TASK_ECHO
+    from warmstart.infra.celery_app import TASK_ECHO
 
     t0 = time.perf_counter()
     answer = send_and_wait(app, TASK_ECHO, {"payload": payload}, queue, timeout_s)
@@ -103,7 +103,7 @@ def measure_warm(
     Returns:
         ``(inference samples as from time_inference, echo round trips in seconds)``.
     """
-    from infra.celery_app import infer_queue
+    from warmstart.infra.celery_app import infer_queue
 
     payload = client.encode_inputs(inputs)
     queue = infer_queue(MODEL)
@@ -186,7 +186,7 @@ def demote(app: Any, nodename: str, tier: str, timeout_s: float) -> None:
     Raises:
         WarmstartError: the worker refused, or still consumes the queue after ``timeout_s``.
     """
-    from infra.celery_app import TASK_DEMOTE, control_queue
+    from warmstart.infra.celery_app import TASK_DEMOTE, control_queue
 
     answer = send_and_wait(app, TASK_DEMOTE, {"model": MODEL, "tier": tier}, control_queue(WORKER), timeout_s)
     if not (isinstance(answer, dict) and answer.get("ok") and answer.get("tier") == tier):
@@ -200,7 +200,7 @@ def wait_for_consumption(app: Any, nodename: str, *, consuming: bool, timeout_s:
     Raises:
         WarmstartError: not so after ``timeout_s``.
     """
-    from infra.celery_app import infer_queue
+    from warmstart.infra.celery_app import infer_queue
 
     queue = infer_queue(MODEL)
     deadline = time.monotonic() + timeout_s
@@ -217,11 +217,11 @@ def wait_for_consumption(app: Any, nodename: str, *, consuming: bool, timeout_s:
 
 
 def measure_naive_cold(spec: Mapping[str, Any], timeout_s: float) -> tuple[float, Any]:
-    """The naive cold start in a fresh process (:mod:`bench.serve_probe`), timed by this
+    """The naive cold start in a fresh process (:mod:`warmstart.bench.serve_probe`), timed by this
     process from starting it to reading its answer.
 
     Args:
-        spec: the probe's spec (see :func:`bench.serve_probe.answer_once`).
+        spec: the probe's spec (see :func:`warmstart.bench.serve_probe.answer_once`).
 
     Returns:
         ``(naive_cold_s, the answer's first output as a tensor)``.
@@ -237,7 +237,7 @@ def measure_naive_cold(spec: Mapping[str, Any], timeout_s: float) -> tuple[float
     with tempfile.TemporaryFile() as log:
         t0 = time.perf_counter()
         proc = subprocess.Popen(
-            [sys.executable, "-m", "bench.serve_probe", json.dumps(spec)],
+            [sys.executable, "-m", "warmstart.bench.serve_probe", json.dumps(spec)],
             stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, env=env, cwd=repo_root,
         )  # fmt: skip
         try:
@@ -288,7 +288,7 @@ def check_output(label: str, actual: Any, reference: Any) -> None:
 
 
 def answer_output(answer: Mapping[str, Any]) -> Any:
-    from workers.wire import decode_outputs
+    from warmstart.workers.wire import decode_outputs
 
     outputs = decode_outputs(answer["outputs"])
     return outputs[sorted(outputs)[0]]
@@ -300,7 +300,7 @@ def answer_output(answer: Mapping[str, Any]) -> Any:
 def warm_client(client: Any, count: int, timeout_s: float) -> None:
     """Open the client's broker and result connections with echoes on the worker's control
     queue, so that no cold start pays for the harness's own first connection."""
-    from infra.celery_app import control_queue
+    from warmstart.infra.celery_app import control_queue
 
     for _ in range(max(3, min(count, 10))):
         time_echo(client.app, control_queue(WORKER), None, timeout_s)
@@ -308,7 +308,7 @@ def warm_client(client: Any, count: int, timeout_s: float) -> None:
 
 def make_hot(client: Any, nodename: str, timeout_s: float) -> None:
     """Promote the model to HOT on the worker and wait until it consumes ``infer.<model>``."""
-    from infra.celery_app import TASK_PREWARM, control_queue
+    from warmstart.infra.celery_app import TASK_PREWARM, control_queue
 
     answer = send_and_wait(client.app, TASK_PREWARM, {"model": MODEL, "tier": "HOT"}, control_queue(WORKER), timeout_s)
     if not (isinstance(answer, dict) and answer.get("ok") and answer.get("tier") == "HOT"):

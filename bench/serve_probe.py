@@ -1,14 +1,14 @@
 """The naive cold start of ``warmstart bench serve``, in a fresh process: what serving a model
 costs without warmstart when no process holds it.
 
-Run by :mod:`bench.serve` as ``python -m bench.serve_probe SPEC_JSON``. The process imports
+Run by :mod:`warmstart.bench.serve` as ``python -m warmstart.bench.serve_probe SPEC_JSON``. The process imports
 torch, ``torch.load(weights_only=True)``\\ s a ``torch.save`` state-dict file, builds the model
 the usual way (the factory with its random initialisation, then ``load_state_dict``), answers
 one inference, and prints the answer as one JSON line on stdout. The parent times everything
 from starting the process to reading that line; nothing in here is excluded, which is what
 the issue asks of the baseline.
 
-The load itself is :mod:`bench.probe`'s ``torch_load`` path, so both benchmarks measure the
+The load itself is :mod:`warmstart.bench.probe`'s ``torch_load`` path, so both benchmarks measure the
 same baseline. Nothing else is imported before the answer: every extra import would count
 against the baseline.
 """
@@ -20,7 +20,7 @@ import sys
 
 import torch
 
-from bench.probe import flatten_outputs, prepare_torch_load
+from warmstart.bench.probe import flatten_outputs, prepare_torch_load
 
 
 def answer_once(spec: dict[str, object]) -> dict[str, object]:
@@ -45,7 +45,7 @@ def answer_once(spec: dict[str, object]) -> dict[str, object]:
 
 def main(argv: list[str]) -> int:
     if len(argv) != 1:
-        print("usage: python -m bench.serve_probe SPEC_JSON", file=sys.stderr)
+        print("usage: python -m warmstart.bench.serve_probe SPEC_JSON", file=sys.stderr)
         return 2
     spec = json.loads(argv[0])
     real_stdout, sys.stdout = sys.stdout, sys.stderr  # only the answer may reach stdout

@@ -1,7 +1,10 @@
 """The Celery app: JSON only, at-least-once inference, stable task and queue names.
 
-``celery -A infra.celery_app worker`` works as well as ``warmstart worker``: the app reads its
-settings from ``WARMSTART_*`` when Celery first configures it (not at import time).
+This module is the ground floor: it names tasks and queues and configures Celery, and knows
+nothing of the layers above. The worker's tasks register themselves on :data:`app` when
+:mod:`warmstart.workers.tasks` is imported; ``celery -A warmstart.app worker -P threads``
+imports both (see :mod:`warmstart.app`). The app reads its settings from ``WARMSTART_*`` when
+Celery first configures it (not at import time).
 
 Wire protocol for any Celery client (see docs/workers.md)::
 
@@ -15,7 +18,7 @@ from typing import Any
 
 from celery import Celery
 
-from infra.settings import Settings, load_settings
+from warmstart.infra.settings import Settings, load_settings
 
 TASK_INFER = "warmstart.infer"
 TASK_PREWARM = "warmstart.prewarm"
@@ -75,7 +78,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 
 def create_app(settings: Settings | None = None) -> Celery:
     """A configured app. With no settings, they are read from the environment on first use."""
-    celery_app = Celery("warmstart", include=["workers.tasks"])
+    celery_app = Celery("warmstart")
     celery_app.warmstart_settings = None  # type: ignore[attr-defined]
     if settings is not None:
         configure(celery_app, settings)
@@ -102,5 +105,5 @@ def app_settings(celery_app: Celery) -> Settings:
     return settings
 
 
-#: The process-wide app (``celery -A infra.celery_app``). Configured lazily from WARMSTART_*.
+#: The process-wide app, on which the worker's tasks register. Configured lazily from WARMSTART_*.
 app = create_app()

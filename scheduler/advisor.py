@@ -1,8 +1,8 @@
 """Advice per model: what each policy would cost, and whether to serve it eager or lazy.
 
 Pure computation behind a future ``warmstart advise`` command. It replays the model's traffic
-through each policy (:func:`scheduler.simulator.replay`, the same code the scheduler runs)
-and prices the outcome with the shared cost model (:mod:`scheduler.costs`).
+through each policy (:func:`warmstart.scheduler.simulator.replay`, the same code the scheduler runs)
+and prices the outcome with the shared cost model (:mod:`warmstart.scheduler.costs`).
 """
 
 from __future__ import annotations
@@ -11,12 +11,12 @@ from typing import Any
 
 import numpy as np
 
-from infra.errors import SchedulerError
-from scheduler.costs import GiB, ModelCosts, Prices, Throughputs, default_to_hot_s
-from scheduler.policies import ModelContext, make_policy
-from scheduler.policies.base import MINUTES_PER_DAY, TIER_ORDER, Tier
-from scheduler.simulator import DEFAULT_POLICIES, replay
-from scheduler.traces import Trace
+from warmstart.infra.errors import SchedulerError
+from warmstart.scheduler.costs import GiB, ModelCosts, Prices, Throughputs, default_to_hot_s
+from warmstart.scheduler.policies import ModelContext, make_policy
+from warmstart.scheduler.policies.base import MINUTES_PER_DAY, TIER_ORDER, Tier
+from warmstart.scheduler.simulator import DEFAULT_POLICIES, replay
+from warmstart.scheduler.traces import Trace
 
 
 def advise(trace: Trace, policies: list[str] | None = None, prices: Prices | None = None,
@@ -108,10 +108,10 @@ def _recommend(costs: ModelCosts, ws: dict[str, np.ndarray], i: int, minutes: in
     extra_min = minutes - int(ws["hot_min"][i])
     saved_min = float(ws["cold"][i]) * breakeven_min
     if saved_min >= extra_min:
-        return {"mode": "eager", "tier": Tier.HOT.value,
+        return {"mode": "eager", "tier": Tier.HOT.name,
                 "why": f"{int(ws['cold'][i])} cold starts avoided are worth more than "
                        f"{extra_min} extra HOT minutes"}
     tier = Tier.HOST if ws["host_min"][i] > 0 else Tier.DISK
-    return {"mode": "lazy", "tier": tier.value,
+    return {"mode": "lazy", "tier": tier.name,
             "why": f"keeping it HOT {extra_min} more minutes would cost more than the "
-                   f"{int(ws['cold'][i])} cold starts it avoids; hold it at {tier.value}"}
+                   f"{int(ws['cold'][i])} cold starts it avoids; hold it at {tier.name}"}

@@ -30,7 +30,7 @@ from typing import Any
 
 from celery import Celery
 
-from infra.celery_app import (
+from warmstart.infra.celery_app import (
     PREWARM_QUEUE,
     TASK_DEMOTE,
     TASK_HEALTH_CHECK,
@@ -39,17 +39,18 @@ from infra.celery_app import (
     control_queue,
     create_app,
 )
-from infra.errors import SnapshotError, WarmstartError
-from infra.redis_client import connect, key, redis_errors
-from infra.settings import Settings
-from scheduler.costs import ModelCosts, default_to_hot_s
-from scheduler.planner import ModelDemand, Plan, PlanConfig, WorkerState, plan
-from scheduler.policies import ModelContext, TrafficState, make_policy
-from scheduler.policies.base import Decision, Tier
-from scheduler.traffic import TrafficRecorder
-from snapshot.catalog import list_models, read_manifest, resolve_version
-from snapshot.stores import open_store
-from workers.registry import WorkerRegistry
+from warmstart.infra.errors import SnapshotError, WarmstartError
+from warmstart.infra.redis_client import connect, key, redis_errors
+from warmstart.infra.settings import Settings
+from warmstart.scheduler.costs import ModelCosts, default_to_hot_s
+from warmstart.scheduler.planner import ModelDemand, Plan, PlanConfig, WorkerState, plan
+from warmstart.scheduler.policies import ModelContext, TrafficState, make_policy
+from warmstart.infra.tiers import Tier, policy_tier
+from warmstart.scheduler.policies.base import Decision
+from warmstart.scheduler.traffic import TrafficRecorder
+from warmstart.snapshot.catalog import list_models, read_manifest, resolve_version
+from warmstart.snapshot.stores import open_store
+from warmstart.workers.registry import WorkerRegistry
 
 log = logging.getLogger(__name__)
 
@@ -157,16 +158,17 @@ class BeatScheduler:
             raw = self.client.get(state_key)
         stored = json.loads(raw) if raw else None
         state = TrafficState.from_dict(stored["state"]) if stored else TrafficState()
-        decision = Decision(Tier(stored["decision"]["tier"]), stored["decision"]["arrival_prob"]) if stored else None
+        decision = Decision(Tier.parse(stored["decision"]["tier"]), stored["decision"]["arrival_prob"]) if stored else None
         start = now_min - self.settings.beat_catchup_min
         if state.last_observed_min is not None:
             start = max(start, state.last_observed_min + 1)
         if start < now_min:
             counts = self.traffic.minute_counts(model, start, now_min)
+            step = Decision(Tier.REMOTE, 0.0)  # replaced: the range is not empty
             for minute in range(start, now_min):
-                decision, state = self.policy.step(context, state, minute, counts.get(minute, 0))
-            assert decision is not None
-            record = {"state": state.to_dict(), "decision": {"tier": decision.tier.value, "arrival_prob": decision.arrival_prob}}
+                step, state = self.policy.step(context, state, minute, counts.get(minute, 0))
+            decision = step
+            record = {"state": state.to_dict(), "decision": {"tier": decision.tier.name, "arrival_prob": decision.arrival_prob}}
             with redis_errors(self.client, f"saving the policy state of {model!r}"):
                 self.client.set(state_key, json.dumps(record))
         return decision or Decision(Tier.REMOTE, 0.0)
@@ -180,7 +182,11 @@ class BeatScheduler:
             tiers: dict[str, str] = {}
             placed: dict[str, int] = {}
             for model, state in self.registry.models_of(name).items():
-                tier = {"DEVICE": "HOST"}.get(state["tier"], state["tier"])  # planner tiers
+                try:
+                    tier = policy_tier(state.get("tier", "")).name
+                except ValueError:
+                    log.warning("worker %s reports model %s at unknown tier %r; ignored", name, model, state.get("tier"))
+                    continue
                 if tier in ("HOT", "HOST", "DISK"):
                     tiers[model] = tier
                     seen_tier, since = self._placed_at.get((name, model), (tier, now_min))
@@ -221,7 +227,7 @@ class BeatScheduler:
             context = ModelContext(model=model, to_hot_s=to_hot, size_bytes=size, reference_bytes=reference)
             decision = self.demand(model, context, now_min)
             demands.append(ModelDemand(model, decision.tier, decision.arrival_prob, eager=model in eager))
-            report.decisions[model] = {"tier": decision.tier.value, "arrival_prob": round(decision.arrival_prob, 4)}
+            report.decisions[model] = {"tier": decision.tier.name, "arrival_prob": round(decision.arrival_prob, 4)}
         result = plan(demands, workers, costs, PlanConfig(profile=self.settings.profile, now_min=now_min))
         self._rescue_stranded(catalog, report)
         report.unplaced = list(result.unplaced)
@@ -234,13 +240,13 @@ class BeatScheduler:
         return report
 
     def _dispatch(self, result: Plan, workers: list[WorkerState], report: TickReport, now_s: float) -> None:
-        current = {w.name: {m: str(getattr(t, "value", t)) for m, t in w.tiers.items()} for w in workers if w.alive}
+        current = {w.name: {m: Tier.parse(t).name for m, t in w.tiers.items()} for w in workers if w.alive}
         timeout_s = max(60.0, 6 * self.settings.plan_interval_s)  # as in _forget
         for worker, actions in result.actions.items():
             for action in actions:
                 if action.kind == "keep":
                     continue
-                target = action.tier.value if action.kind != "drop" else "REMOTE"
+                target = action.tier.name if action.kind != "drop" else "REMOTE"
                 if current.get(worker, {}).get(action.model, "REMOTE") == target:
                     continue
                 pending = self._in_flight.get((worker, action.model))

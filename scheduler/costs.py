@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from infra.errors import SchedulerError
-from scheduler.policies.base import Tier
+from warmstart.infra.errors import SchedulerError
+from warmstart.scheduler.policies.base import Tier
 
 GiB = 1024**3
 MiB = 1024**2
@@ -53,7 +53,7 @@ class Prices:
 
     def per_gb_hour(self, tier: Tier | str) -> float:
         """Price of holding one GB for an hour at ``tier`` (REMOTE costs nothing here)."""
-        t = Tier(tier)
+        t = Tier.parse(tier)
         return {Tier.HOT: self.gpu_gb_hour, Tier.HOST: self.host_gb_hour,
                 Tier.DISK: self.disk_gb_hour, Tier.REMOTE: 0.0}[t]
 
@@ -72,8 +72,8 @@ def default_to_hot_s(size_bytes: int, throughputs: Throughputs | None = None) ->
     host = size_bytes / tp.device_bytes_per_s + tp.warmup_s
     disk = host + size_bytes / tp.disk_bytes_per_s + tp.restore_s
     remote = disk + size_bytes / tp.remote_bytes_per_s + tp.remote_latency_s
-    return {Tier.HOT.value: 0.0, Tier.HOST.value: host, Tier.DISK.value: disk,
-            Tier.REMOTE.value: remote}
+    return {Tier.HOT.name: 0.0, Tier.HOST.name: host, Tier.DISK.name: disk,
+            Tier.REMOTE.name: remote}
 
 
 @dataclass(frozen=True)
@@ -83,7 +83,7 @@ class ModelCosts:
     Attributes:
         model: the model's name.
         size_bytes: bytes the model takes at HOST and at HOT.
-        to_hot_s: seconds to reach HOT from each tier (``Tier.value`` keys; measured by the
+        to_hot_s: seconds to reach HOT from each tier (tier-name keys; measured by the
             live system, or :func:`default_to_hot_s`).
     """
 
@@ -102,7 +102,7 @@ class ModelCosts:
 
     def seconds_to_hot(self, tier: Tier | str) -> float:
         """Seconds of cold start when a request finds the model at ``tier``."""
-        return float(self.to_hot_s.get(Tier(tier).value, self.to_hot_s[Tier.REMOTE.value]))
+        return float(self.to_hot_s.get(Tier.parse(tier).name, self.to_hot_s[Tier.REMOTE.name]))
 
     def seconds_saved(self, tier: Tier | str, instead_of: Tier | str) -> float:
         """Cold-start seconds avoided per arrival by holding ``tier`` instead of ``instead_of``."""

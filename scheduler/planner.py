@@ -26,9 +26,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from infra.errors import SchedulerError
-from scheduler.costs import ModelCosts
-from scheduler.policies.base import TIER_ORDER, Tier
+from warmstart.infra.errors import SchedulerError
+from warmstart.scheduler.costs import ModelCosts
+from warmstart.infra.tiers import Tier, policy_tier
+from warmstart.scheduler.policies.base import TIER_ORDER
 
 _RANK = {t: i for i, t in enumerate(TIER_ORDER)}  # 0 = HOT (warmest)
 _PLACED_TIERS = (Tier.HOT, Tier.HOST, Tier.DISK)
@@ -144,7 +145,7 @@ def plan(demands: list[ModelDemand], workers: list[WorkerState],
                 f"no costs for model {d.model!r}; pass its size and load times in costs"
             )
     live = [w for w in workers if w.alive]
-    current = {w.name: {m: Tier(t) for m, t in w.tiers.items()} for w in live}
+    current = {w.name: {m: policy_tier(t) for m, t in w.tiers.items()} for w in live}
     used = {w.name: {t: 0 for t in _PLACED_TIERS} for w in live}
     placement: dict[str, tuple[str, Tier]] = {}
     unplaced: list[str] = []
@@ -155,7 +156,7 @@ def plan(demands: list[ModelDemand], workers: list[WorkerState],
 
     def target(d: ModelDemand) -> Tier:
         held = where(d.model)
-        want = Tier.HOT if d.eager and cfg.profile == "prod" else Tier(d.tier)
+        want = Tier.HOT if d.eager and cfg.profile == "prod" else policy_tier(d.tier)
         if cfg.profile == "dev":
             # Cold profile: never raise a model; only keep (or lower) what requests loaded.
             want = Tier.REMOTE if held is None else TIER_ORDER[max(_RANK[want], _RANK[held[1]])]

@@ -22,7 +22,7 @@ def plot_tradeoff(result: dict[str, Any], path: str | Path) -> Path:
     curves when the result has them (``simulate(..., sweep=True)``).
 
     Args:
-        result: :func:`scheduler.simulator.simulate` output.
+        result: :func:`warmstart.scheduler.simulator.simulate` output.
         path: image file to write (PNG, SVG or PDF by suffix).
 
     Returns:

@@ -9,7 +9,7 @@ from rich.table import Table
 
 
 def print_simulation(result: dict[str, Any], console: Console | None = None) -> None:
-    """Print :func:`scheduler.simulator.simulate` output as a table, one row per policy.
+    """Print :func:`warmstart.scheduler.simulator.simulate` output as a table, one row per policy.
 
     Args:
         result: the dict ``simulate`` returned.
@@ -40,7 +40,7 @@ def print_simulation(result: dict[str, Any], console: Console | None = None) -> 
 
 
 def print_advice(rows: list[dict[str, Any]], console: Console | None = None) -> None:
-    """Print :func:`scheduler.advisor.advise` output as a table, one row per model.
+    """Print :func:`warmstart.scheduler.advisor.advise` output as a table, one row per model.
 
     Args:
         rows: the list ``advise`` returned.

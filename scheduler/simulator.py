@@ -1,4 +1,4 @@
-"""Replay a :class:`~scheduler.traces.Trace` through the policies, minute by minute.
+"""Replay a :class:`~warmstart.scheduler.traces.Trace` through the policies, minute by minute.
 
 Each function of the trace is a model, its invocations are inference requests and its memory
 is the model's size. Every minute, each model's policy sees that minute's arrivals through the
@@ -19,7 +19,7 @@ half the sum of all model sizes, which the policies' HOT sets exceed at peaks):
 - ``cold_seconds``: seconds of cold start paid, from the tier each model was at when its
   requests arrived (HOST, DISK, or REMOTE before its first load), with the cost model's times;
 - ``budget_cold_pct``: the cold % once the models a policy wants HOT in a minute are cut to
-  the budget as the live planner (:func:`scheduler.planner.plan`) cuts them on one worker:
+  the budget as the live planner (:func:`warmstart.scheduler.planner.plan`) cuts them on one worker:
   ranked by :meth:`ModelCosts.value_per_byte` of HOT instead of HOST (the arrival
   probability the policy gave, floored at ``PLANNER_MIN_PROB`` like the planner, × seconds
   saved / bytes) and placed greedily, each model that still fits kept, the others evicted
@@ -36,11 +36,11 @@ from typing import Any
 
 import numpy as np
 
-from infra.errors import SchedulerError
-from scheduler.costs import ModelCosts, Throughputs, default_to_hot_s
-from scheduler.policies import ModelContext, TrafficState, make_policy
-from scheduler.policies.base import TIER_ORDER, Tier
-from scheduler.traces import Trace
+from warmstart.infra.errors import SchedulerError
+from warmstart.scheduler.costs import ModelCosts, Throughputs, default_to_hot_s
+from warmstart.scheduler.policies import ModelContext, TrafficState, make_policy
+from warmstart.scheduler.policies.base import TIER_ORDER, Tier
+from warmstart.scheduler.traces import Trace
 
 DEFAULT_POLICIES = ["fixed-10", "hybrid", "warmstart"]
 REFERENCE_POLICY = "fixed-10"
@@ -49,7 +49,7 @@ DEFAULT_BUDGET_FRACTION = 0.5
 SWEEP_FIXED_MIN = (1, 2, 5, 20, 30, 60, 120)
 SWEEP_WARMSTART_MIN = (2, 5, 20, 40, 80)
 #: The planner ranks a model with no stated probability by its seconds saved per byte alone
-#: (``scheduler.planner`` floors ``arrival_prob`` at this value); the simulator does the same.
+#: (``warmstart.scheduler.planner`` floors ``arrival_prob`` at this value); the simulator does the same.
 PLANNER_MIN_PROB = 1e-12
 
 _HOT, _HOST, _DISK, _REMOTE = (TIER_ORDER.index(t) for t in (Tier.HOT, Tier.HOST, Tier.DISK,
@@ -105,7 +105,7 @@ def _budgeted(tiers: np.ndarray, probs: np.ndarray, size: np.ndarray,
               saved_s: np.ndarray, budget_bytes: int) -> tuple[np.ndarray, int]:
     """Tiers after per-minute eviction under a HOT budget and an equal HOST budget.
 
-    Per minute and tier, as :func:`scheduler.planner.plan` does on one worker with no
+    Per minute and tier, as :func:`warmstart.scheduler.planner.plan` does on one worker with no
     incumbents: the models wanting that tier (HOT, then HOST, the latter including those
     evicted from HOT) are ranked by :meth:`ModelCosts.value_per_byte` of that tier instead of
     the next colder one, with the arrival probability floored at ``PLANNER_MIN_PROB`` (ties
@@ -180,7 +180,7 @@ def simulate(trace: Trace, policies: list[str] | None = None, budget_bytes: int 
     """Replay ``trace`` through each policy and measure cold starts, waste and cost.
 
     Args:
-        trace: the trace (see :func:`scheduler.traces.load_trace`).
+        trace: the trace (see :func:`warmstart.scheduler.traces.load_trace`).
         policies: policy names (default ``fixed-10``, ``hybrid``, ``warmstart``); ``fixed-10``
             is always replayed as the waste reference.
         budget_bytes: HOT memory budget (and HOST budget) for ``cold_seconds``; default a
@@ -206,7 +206,7 @@ def simulate(trace: Trace, policies: list[str] | None = None, budget_bytes: int 
         raise SchedulerError(f"budget_bytes must be > 0, got {budget}")
     size = trace.memory_bytes()
     seconds_by_model = [default_to_hot_s(int(s), throughputs) for s in size]
-    seconds = np.array([[d[t.value] for t in TIER_ORDER] for d in seconds_by_model])
+    seconds = np.array([[d[t.name] for t in TIER_ORDER] for d in seconds_by_model])
     costs = [ModelCosts(n, int(s), d) for n, d, s in zip(trace.names, seconds_by_model, size)]
     saved_s = np.array([[c.seconds_saved(Tier.HOT, Tier.HOST), c.seconds_saved(Tier.HOST, Tier.DISK)]
                         for c in costs])

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from infra.errors import TraceFormatError
+from warmstart.infra.errors import TraceFormatError
 
 #: Memory of a function without a memory row when the trace has no memory rows at all: the
 #: median app memory of the Azure 2019 dataset is in the low hundreds of MB.
@@ -150,7 +150,8 @@ def _find_files(path: Path) -> tuple[Path, Path | None, Path | None]:
                     required=False)
         return inv, dur, mem
     inv = _pick(path, _INVOCATION_GLOBS, "invocations", required=True)
-    assert inv is not None
+    if inv is None:  # _pick raises when a required file is missing; this keeps the type exact
+        raise TraceFormatError(f"no invocations CSV in {path}")
     return inv, _pick(path, _DURATION_GLOBS, "durations", False), _pick(
         path, _MEMORY_GLOBS, "memory", False)
 

@@ -15,72 +15,14 @@ a week of retention with traffic every minute, far less for sparse traffic).
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterable
+from warmstart.infra.redis_client import key, redis_errors
+from warmstart.workers.arrivals import IDLE_BINS, ArrivalRecorder, traffic_key
 
-import redis
-
-from infra.redis_client import key, redis_errors
-from snapshot.names import validate_name
-
-IDLE_BINS = 240
-
-# KEYS: hour hash, idle hash, profile hash, last; ARGV: minute, minute-of-hour, minute-of-day,
-# count, ttl seconds, idle bins. An idle time is the distance in minutes between two minutes
-# that had arrivals (1 when they are adjacent), the convention of scheduler.policies.base.
-_RECORD = """
-local minute = tonumber(ARGV[1])
-redis.call('HINCRBY', KEYS[1], ARGV[2], ARGV[4])
-redis.call('EXPIRE', KEYS[1], ARGV[5])
-redis.call('HINCRBY', KEYS[3], ARGV[3], ARGV[4])
-local prev = tonumber(redis.call('GET', KEYS[4]) or '-1')
-if minute > prev then
-  redis.call('SET', KEYS[4], minute)
-  if prev >= 0 then
-    local idle = minute - prev
-    if idle >= tonumber(ARGV[6]) then idle = tonumber(ARGV[6]) end
-    redis.call('HINCRBY', KEYS[2], idle, 1)
-  end
-end
-return prev
-"""
+__all__ = ["IDLE_BINS", "TrafficRecorder"]
 
 
-def _tkey(model: str, *parts: str) -> str:
-    return key("traffic", model, *parts)
-
-
-class TrafficRecorder:
+class TrafficRecorder(ArrivalRecorder):
     """Records arrivals and reads them back for the scheduler."""
-
-    def __init__(self, client: "redis.Redis[str]", retention_min: int = 7 * 24 * 60, minute_s: float = 60.0) -> None:
-        self.client = client
-        self.retention_min = retention_min
-        self.minute_s = minute_s
-        self._script = client.register_script(_RECORD)
-
-    def record(self, model: str, count: int = 1, now_s: float | None = None) -> None:
-        """Record ``count`` arrivals of ``model`` at ``now_s`` (default: now)."""
-        self.record_many([(model, count, time.time() if now_s is None else now_s)])
-
-    def record_many(self, arrivals: Iterable[tuple[str, int, float]]) -> None:
-        """Record ``(model, count, time_s)`` arrivals: one script call each, one round trip."""
-        with redis_errors(self.client, "recording arrivals"):
-            pipe = self.client.pipeline(transaction=False)
-            for model, count, t_s in arrivals:
-                validate_name(model)
-                minute = self.minute_of(t_s)
-                hour, minute_of_hour = divmod(minute, 60)
-                self._script(
-                    keys=[_tkey(model, "m", str(hour)), _tkey(model, "idle"), _tkey(model, "profile"), _tkey(model, "last")],
-                    args=[minute, minute_of_hour, minute % 1440, count, self.retention_min * 60 + 3600, IDLE_BINS],
-                    client=pipe,
-                )
-            pipe.execute()
-
-    def minute_of(self, t_s: float) -> int:
-        """The traffic minute (minutes of ``minute_s`` seconds since the epoch) of a time."""
-        return int(t_s // self.minute_s)
 
     def minute_counts(self, model: str, start_minute: int, end_minute: int) -> dict[int, int]:
         """Arrivals per minute in ``[start_minute, end_minute)`` (minutes since the epoch)."""
@@ -88,7 +30,7 @@ class TrafficRecorder:
         with redis_errors(self.client, f"reading the traffic of {model!r}"):
             pipe = self.client.pipeline()
             for hour in hours:
-                pipe.hgetall(_tkey(model, "m", str(hour)))
+                pipe.hgetall(traffic_key(model, "m", str(hour)))
             rows = pipe.execute()
         counts: dict[int, int] = {}
         for hour, row in zip(hours, rows):
@@ -101,7 +43,7 @@ class TrafficRecorder:
     def idle_histogram(self, model: str) -> list[int]:
         """Counts of idle times in minutes: bin k for k minutes (1..239), bin 240 for 240 or more."""
         with redis_errors(self.client, f"reading the idle times of {model!r}"):
-            raw = self.client.hgetall(_tkey(model, "idle"))
+            raw = self.client.hgetall(traffic_key(model, "idle"))
         bins = [0] * (IDLE_BINS + 1)
         for b, c in raw.items():
             bins[int(b)] = int(c)
@@ -110,7 +52,7 @@ class TrafficRecorder:
     def daily_profile(self, model: str) -> list[int]:
         """Arrivals per minute of the day (UTC), 1440 entries."""
         with redis_errors(self.client, f"reading the daily profile of {model!r}"):
-            raw = self.client.hgetall(_tkey(model, "profile"))
+            raw = self.client.hgetall(traffic_key(model, "profile"))
         profile = [0] * 1440
         for m, c in raw.items():
             profile[int(m)] = int(c)
@@ -118,7 +60,7 @@ class TrafficRecorder:
 
     def last_arrival_minute(self, model: str) -> int | None:
         with redis_errors(self.client, f"reading the last arrival of {model!r}"):
-            value = self.client.get(_tkey(model, "last"))
+            value = self.client.get(traffic_key(model, "last"))
         return int(value) if value is not None else None
 
     def models(self) -> list[str]:

@@ -28,29 +28,29 @@ import fcntl
 import hashlib
 import os
 import shutil
-import sys
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
-from infra.errors import (
+from warmstart.infra.errors import (
     CacheFullError,
     IntegrityError,
     ManifestError,
     SnapshotNotFoundError,
 )
-from snapshot.header import check_against_manifest
-from snapshot.manifest import Manifest, parse_manifest
-from snapshot.names import GOLDEN_FILE, MANIFEST_FILE, WEIGHTS_FILE, validate_name, version_key
-from snapshot.stores.base import ProgressCallback, SnapshotStore
+from warmstart.snapshot.header import check_against_manifest
+from warmstart.snapshot.manifest import Manifest, parse_manifest
+from warmstart.snapshot.names import GOLDEN_FILE, MANIFEST_FILE, WEIGHTS_FILE, validate_name, version_key
+from warmstart.infra.progress import ProgressCallback, transfer_progress
+from warmstart.snapshot.stores.base import SnapshotStore
 
 if TYPE_CHECKING:
-    from infra.settings import Settings
+    from warmstart.infra.settings import Settings
 
 MiB = 1024 * 1024
 LOCKS_DIR = ".locks"
@@ -93,38 +93,6 @@ class CacheEntry:
     directory: Path
     size_bytes: int
     last_used: float
-
-
-# --- progress (shared with publish; no torch here) -----------------------------------------
-
-
-@contextlib.contextmanager
-def transfer_progress(show: bool | None) -> Iterator[Callable[[str, int], ProgressCallback | None]]:
-    """Yield ``task(label, total_bytes) -> callback`` drawing a rich progress bar on stderr.
-
-    ``show=None`` shows it only when stderr is a terminal; False yields no-op tasks.
-    """
-    if show is None:
-        show = sys.stderr.isatty()
-    if not show:
-        yield lambda label, total: None
-        return
-    from rich.console import Console
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
-
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        console=Console(stderr=True),
-    ) as progress:
-
-        def task(label: str, total: int) -> ProgressCallback:
-            task_id = progress.add_task(label, total=total)
-            return lambda n: progress.advance(task_id, n)
-
-        yield task
 
 
 # --- the cache -------------------------------------------------------------------------------
@@ -306,7 +274,7 @@ class SnapshotCache:
 
         Args:
             store: where the snapshot is published.
-            manifest: its manifest (from :func:`snapshot.catalog.read_manifest`).
+            manifest: its manifest (from :func:`warmstart.snapshot.catalog.read_manifest`).
             show_progress: a progress bar on stderr (None: only on a terminal).
 
         Returns:
@@ -493,8 +461,8 @@ def fetch_version(
     """Resolve ``ref`` (an alias or a version) of ``model``, read its manifest, and fetch it.
 
     Raises:
-        As :func:`snapshot.catalog.read_resolved` and :meth:`SnapshotCache.fetch`.
+        As :func:`warmstart.snapshot.catalog.read_resolved` and :meth:`SnapshotCache.fetch`.
     """
-    from snapshot.catalog import read_resolved
+    from warmstart.snapshot.catalog import read_resolved
 
     return cache.fetch(store, read_resolved(store, model, ref), show_progress=show_progress)

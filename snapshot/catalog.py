@@ -13,9 +13,9 @@ import re
 from datetime import datetime, timezone
 from typing import Any
 
-from infra.errors import InvalidNameError, ManifestError, SnapshotNotFoundError
-from snapshot.manifest import Manifest, parse_manifest
-from snapshot.names import (
+from warmstart.infra.errors import InvalidNameError, ManifestError, SnapshotNotFoundError
+from warmstart.snapshot.manifest import Manifest, parse_manifest
+from warmstart.snapshot.names import (
     MANIFEST_FILE,
     SNAPSHOTS_PREFIX,
     alias_key,
@@ -23,7 +23,7 @@ from snapshot.names import (
     validate_name,
     version_key,
 )
-from snapshot.stores.base import SnapshotStore
+from warmstart.snapshot.stores.base import SnapshotStore
 
 LIVE_ALIAS = "live"
 _ALIASES_DIR = "_aliases"

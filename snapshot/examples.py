@@ -31,10 +31,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from snapshot.manifest import ArchitectureSpec, InputSpec
+from warmstart.snapshot.manifest import ArchitectureSpec, InputSpec
 
-RECSYS_FACTORY = "snapshot.examples:build_recsys_model"
-TRANSFORMER_FACTORY = "snapshot.examples:build_transformer_encoder"
+RECSYS_FACTORY = "warmstart.snapshot.examples:build_recsys_model"
+TRANSFORMER_FACTORY = "warmstart.snapshot.examples:build_transformer_encoder"
 
 #: Dimension names used in input shapes, and the size golden inputs give them by default.
 DEFAULT_DIM_SIZES: Mapping[str, int] = {"seq": 16}

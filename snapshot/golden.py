@@ -18,8 +18,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from infra.errors import SafetensorsHeaderError, SnapshotError
-from snapshot.manifest import GoldenInfo, InputSpec
+from warmstart.infra.errors import SafetensorsHeaderError, SnapshotError
+from warmstart.snapshot.manifest import GoldenInfo, InputSpec
 
 INPUT_PREFIX = "input."
 OUTPUT_PREFIX = "output."

@@ -14,8 +14,8 @@ import struct
 from pathlib import Path
 from typing import BinaryIO
 
-from infra.errors import SafetensorsHeaderError
-from snapshot.manifest import SAFETENSORS_DTYPES, Manifest, TensorEntry, tensor_nbytes
+from warmstart.infra.errors import SafetensorsHeaderError
+from warmstart.snapshot.manifest import SAFETENSORS_DTYPES, Manifest, TensorEntry, tensor_nbytes
 
 #: safetensors itself refuses headers over 100 MB; so do we.
 MAX_HEADER_BYTES = 100 * 1024 * 1024

@@ -9,7 +9,7 @@ Format version 1::
     {
       "format": "warmstart.snapshot", "format_version": 1,
       "model": "short-form", "version": "v1", "created_at": "2026-11-27T00:00:00Z",
-      "architecture": {"factory": "snapshot.examples:build_recsys_model", "kwargs": {...}},
+      "architecture": {"factory": "warmstart.snapshot.examples:build_recsys_model", "kwargs": {...}},
       "weights": {"file": "model.safetensors", "size_bytes": 123, "sha256": "<64 hex>",
                   "header_bytes": 456,
                   "tensors": [{"name": "w", "dtype": "F32", "shape": [2, 3],
@@ -33,8 +33,8 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from infra.errors import ManifestError
-from snapshot.names import GOLDEN_FILE, WEIGHTS_FILE, validate_name
+from warmstart.infra.errors import ManifestError
+from warmstart.snapshot.names import GOLDEN_FILE, WEIGHTS_FILE, validate_name
 
 FORMAT = "warmstart.snapshot"
 FORMAT_VERSION = 1

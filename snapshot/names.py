@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from infra.errors import InvalidNameError
+from warmstart.infra.errors import InvalidNameError
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 MAX_NAME_LENGTH = 64

@@ -5,8 +5,9 @@ the first use of the ``meta`` device (~1 s of imports and registrations), the fi
 ``UntypedStorage.from_file``, the first ``load_state_dict(assign=True)``, the entry-point scan
 of the architecture registry, and the first forward of each common layer (kernel dispatch
 tables, oneDNN/MKL primitives, the OpenMP thread pool). :func:`prepare_process` pays all of
-these by restoring two tiny example models through the real restore path and running them,
-so that no per-model restore or first inference does.
+these by restoring a tiny built-in module made of the common layers (embeddings, linear,
+layer norm, a transformer encoder layer) through the real restore path and running it, so that
+no per-model restore or first inference does. It depends on no example or user model.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import save_model
+from torch import nn
 
-from infra.errors import SettingsError
+from warmstart.infra.errors import SettingsError
 
 _prepared: set[str] = set()
 _lock = threading.Lock()
@@ -83,22 +85,54 @@ def prepare_process(device: str | torch.device | None = None) -> None:
             _prepared.add(key)
 
 
-def _warm_up(device: torch.device) -> None:
-    # Imported here: restore and examples import this module's siblings, not the other way.
-    from snapshot.examples import transformer_example, recsys_example
-    from snapshot.restore import restore_weights
+#: The warm-up module's factory: allowed explicitly for this one restore, never registered.
+WARMUP_FACTORY = "warmstart.snapshot.process:build_warmup_module"
 
-    examples = (transformer_example(0.25, name="warm-up-encoder"), recsys_example("live-events", scale=0.05))
+
+class _WarmupModule(nn.Module):
+    """The layers most models are made of, tiny: what the first forward of each initialises."""
+
+    def __init__(self, vocab: int = 64, width: int = 32) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, width)
+        self.features = nn.Linear(8, width)
+        self.norm = nn.LayerNorm(width)
+        self.encoder = nn.TransformerEncoderLayer(width, nhead=4, dim_feedforward=2 * width, batch_first=True)
+        self.head = nn.Sequential(nn.Linear(width, width), nn.GELU(), nn.Linear(width, 1), nn.ReLU())
+
+    def forward(self, ids: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        x = self.norm(self.embed(ids) + self.features(features).unsqueeze(1))
+        return torch.softmax(self.head(self.encoder(x)).squeeze(-1), dim=-1)
+
+
+def build_warmup_module() -> nn.Module:
+    """The tiny module :func:`prepare_process` restores and runs."""
+    return _WarmupModule()
+
+
+def _warm_up(device: torch.device) -> None:
+    # Imported here: restore imports this module's siblings, not the other way.
+    from warmstart.snapshot.manifest import ArchitectureSpec
+    from warmstart.snapshot.restore import restore_weights
+
+    generator = torch.Generator().manual_seed(0)
+    inputs = {
+        "ids": torch.randint(0, 64, (2, 6), generator=generator),
+        "features": torch.rand(2, 8, generator=generator),
+    }
     with tempfile.TemporaryDirectory(prefix="warmstart-prepare-") as tmp:
-        for i, example in enumerate(examples):
-            path = Path(tmp) / f"warm-up-{i}.safetensors"
-            save_model(example.build(seed=0), str(path))  # leaves the global RNG alone
-            module = restore_weights(path, example.architecture, device=device)
-            inputs = {k: v.to(device) for k, v in example.golden_inputs(batch=2).items()}
-            with torch.inference_mode():
-                module(**inputs)
-            with torch.no_grad():
-                module(**inputs)
+        path = Path(tmp) / "warm-up.safetensors"
+        with torch.random.fork_rng(devices=[]):  # initialising layers must leave the global RNG alone
+            torch.manual_seed(0)
+            save_model(build_warmup_module(), str(path))
+        module = restore_weights(
+            path, ArchitectureSpec(WARMUP_FACTORY, {}), device=device, allowed_architectures=(WARMUP_FACTORY,)
+        )
+        on_device = {k: v.to(device) for k, v in inputs.items()}
+        with torch.inference_mode():
+            module(**on_device)
+        with torch.no_grad():
+            module(**on_device)
     # A matmul big enough to go parallel starts the intra-op thread pool.
     a = torch.ones(256, 256, device=device)
     with torch.inference_mode():

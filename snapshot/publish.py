@@ -25,12 +25,12 @@ from typing import Any
 import torch
 from safetensors.torch import save_model
 
-from infra.errors import ManifestError, SnapshotError, SnapshotNotFoundError, VersionExistsError
-from snapshot import catalog
-from snapshot.cache import transfer_progress
-from snapshot.golden import compare_outputs, make_golden_inputs, normalize_outputs, write_golden
-from snapshot.header import read_header_file
-from snapshot.manifest import (
+from warmstart.infra.errors import ManifestError, SnapshotError, SnapshotNotFoundError, VersionExistsError
+from warmstart.snapshot import catalog
+from warmstart.infra.progress import transfer_progress
+from warmstart.snapshot.golden import compare_outputs, make_golden_inputs, normalize_outputs, write_golden
+from warmstart.snapshot.header import read_header_file
+from warmstart.snapshot.manifest import (
     INPUT_DTYPES,
     ArchitectureSpec,
     GoldenInfo,
@@ -39,9 +39,9 @@ from snapshot.manifest import (
     WeightsInfo,
     parse_manifest,
 )
-from snapshot.names import GOLDEN_FILE, MANIFEST_FILE, WEIGHTS_FILE, validate_name, version_key
-from snapshot.registry import check_allowed
-from snapshot.stores.base import SnapshotStore
+from warmstart.snapshot.names import GOLDEN_FILE, MANIFEST_FILE, WEIGHTS_FILE, validate_name, version_key
+from warmstart.snapshot.registry import check_allowed
+from warmstart.snapshot.stores.base import SnapshotStore
 
 HASH_CHUNK_BYTES = 8 * 1024 * 1024
 
@@ -337,7 +337,7 @@ def publish_file(
         RestoreError: the file does not fit the architecture.
         SnapshotNotFoundError: ``weights_path`` does not exist.
     """
-    from snapshot.restore import restore_weights  # torch-side restore, owned elsewhere
+    from warmstart.snapshot.restore import restore_weights  # torch-side restore, owned elsewhere
 
     spec = as_architecture(architecture)
     check_allowed(spec.factory, allowed_architectures)
@@ -367,7 +367,7 @@ def publish_examples(
     seed: int = 0,
     **options: Any,
 ) -> list[Manifest]:
-    """Publish example models from :mod:`snapshot.examples` (all of them when ``names`` is None).
+    """Publish example models from :mod:`warmstart.snapshot.examples` (all of them when ``names`` is None).
 
     Weights are initialised from ``seed`` (the global RNG is restored afterwards), so
     publishing the same example again gives the same bytes and is a no-op.
@@ -379,7 +379,7 @@ def publish_examples(
         SnapshotNotFoundError: an unknown example name (the message lists the known ones).
         And as :func:`publish_module`.
     """
-    from snapshot.examples import EXAMPLE_MODELS
+    from warmstart.snapshot.examples import EXAMPLE_MODELS
 
     chosen = list(EXAMPLE_MODELS) if names is None else list(names)
     unknown = [n for n in chosen if n not in EXAMPLE_MODELS]

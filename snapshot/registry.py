@@ -12,7 +12,7 @@ from functools import lru_cache
 from importlib.metadata import entry_points
 from typing import Any, Callable, Iterable
 
-from infra.errors import RestoreError, UnregisteredArchitectureError
+from warmstart.infra.errors import RestoreError, UnregisteredArchitectureError
 
 ENTRY_POINT_GROUP = "warmstart.architectures"
 

@@ -36,9 +36,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from infra.errors import RestoreError, SafetensorsHeaderError
-from snapshot import header, registry
-from snapshot.manifest import ArchitectureSpec, Manifest, TensorEntry
+from warmstart.infra.errors import RestoreError, SafetensorsHeaderError
+from warmstart.snapshot import header, registry
+from warmstart.snapshot.manifest import ArchitectureSpec, Manifest, TensorEntry
 
 #: safetensors dtype codes -> torch dtypes.
 TORCH_DTYPES: dict[str, torch.dtype] = {

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from infra.services import EmbeddedRedis, EmbeddedS3, apply_test_credentials
+from warmstart.infra.services import EmbeddedRedis, EmbeddedS3, apply_test_credentials
 
 
 @pytest.fixture(scope="session")

@@ -20,8 +20,8 @@ from celery import Celery
 from celery.exceptions import TimeoutError as CeleryTimeoutError
 from celery.result import AsyncResult
 
-from infra.celery_app import PREWARM_QUEUE, TASK_INFER, TASK_PREWARM, create_app, infer_queue
-from infra.errors import (
+from warmstart.infra.celery_app import PREWARM_QUEUE, TASK_INFER, TASK_PREWARM, create_app, infer_queue
+from warmstart.infra.errors import (
     InferenceTimeoutError,
     InvalidInputError,
     SnapshotNotFoundError,
@@ -29,14 +29,14 @@ from infra.errors import (
     WarmstartError,
     error_from_dict,
 )
-from infra.redis_client import connect
-from infra.settings import Settings
-from scheduler.traffic import TrafficRecorder
-from snapshot.catalog import resolve_version
-from snapshot.names import validate_name
-from snapshot.stores import open_store
-from workers.registry import WorkerRegistry
-from workers.wire import check_payload_size, decode_outputs, encode_tensor
+from warmstart.infra.redis_client import connect
+from warmstart.infra.settings import Settings
+from warmstart.workers.arrivals import ArrivalRecorder
+from warmstart.snapshot.catalog import resolve_version
+from warmstart.snapshot.names import validate_name
+from warmstart.snapshot.stores import open_store
+from warmstart.workers.registry import WorkerRegistry
+from warmstart.workers.wire import check_payload_size, decode_outputs, encode_tensor
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ class ArrivalBuffer:
     them to Redis in one pipelined round trip every ``flush_s`` (the scheduler works in whole
     minutes, so a few milliseconds of delay change nothing)."""
 
-    def __init__(self, recorder: TrafficRecorder, flush_s: float = 0.05) -> None:
+    def __init__(self, recorder: ArrivalRecorder, flush_s: float = 0.05) -> None:
         self.recorder = recorder
         self.flush_s = flush_s
         self._pending: list[tuple[str, int, float]] = []
@@ -146,7 +146,7 @@ class Client:
         self.app = app or create_app(settings)
         redis_client = connect(settings.redis_url)
         self.registry = WorkerRegistry(redis_client)
-        self.traffic = TrafficRecorder(redis_client, settings.traffic_retention_min, settings.traffic_minute_s)
+        self.traffic = ArrivalRecorder(redis_client, settings.traffic_retention_min, settings.traffic_minute_s)
         self.arrivals = ArrivalBuffer(self.traffic)
         self._store = None
         self._known: dict[str, float] = {}

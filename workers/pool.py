@@ -19,28 +19,46 @@ from typing import Any, Protocol
 
 import torch
 
-from infra.errors import (
+from warmstart.infra.errors import (
     HealthCheckError,
+    ModelStateError,
     SnapshotNotFoundError,
     UnknownModelError,
 )
-from infra.settings import Settings
-from snapshot.cache import LocalSnapshot, SnapshotCache
-from snapshot.catalog import read_manifest, resolve_version
-from snapshot.golden import load_golden
-from snapshot.manifest import Manifest
-from snapshot.names import validate_name
-from snapshot.restore import restore_model
-from snapshot.stores.base import SnapshotStore
-from workers.registry import WorkerRegistry
-from workers.tiers import Resident, Tier, choose_demotions, steps_between
-from workers.warmup import HealthResult, WarmupResult, health_check, run_model, warm_up
-from workers.wire import check_finite, decode_inputs, encode_tensors
+from warmstart.infra.settings import Settings
+from warmstart.snapshot.cache import LocalSnapshot, SnapshotCache
+from warmstart.snapshot.catalog import read_manifest, resolve_version
+from warmstart.snapshot.golden import load_golden
+from warmstart.snapshot.manifest import Manifest
+from warmstart.snapshot.names import validate_name
+from warmstart.snapshot.restore import restore_model
+from warmstart.snapshot.stores.base import SnapshotStore
+from warmstart.workers.tiers import Resident, Tier, choose_demotions, steps_between
+from warmstart.workers.warmup import HealthResult, WarmupResult, health_check, run_model, warm_up
+from warmstart.workers.wire import check_finite, decode_inputs, encode_tensors
 
 log = logging.getLogger(__name__)
 
 #: Retry a failing model after 1, 2, 4, … seconds, at most this many.
 MAX_BACKOFF_S = 60.0
+
+
+class PoolRegistry(Protocol):
+    """What the pool publishes and reads in the shared registry
+    (:class:`~warmstart.workers.registry.WorkerRegistry` in Redis;
+    :class:`~warmstart.workers.stub.StubRegistry` in memory)."""
+
+    def put_model(self, worker: str, state: dict[str, Any]) -> None: ...
+
+    def remove_model(self, worker: str, model: str) -> None: ...
+
+    def record_transition(self, model: str, source: str, target: str, seconds: float) -> None: ...
+
+    def hot_workers(self, model: str) -> list[str]: ...
+
+    def queued_requests(self, model: str) -> int: ...
+
+    def claim_prewarm(self, model: str, ttl_s: float) -> bool: ...
 
 
 class QueueGate(Protocol):
@@ -86,6 +104,20 @@ class Slot:
     def version(self) -> str | None:
         return self.manifest.version if self.manifest else None
 
+    def need(self, *parts: str) -> None:
+        """Raise unless the named parts (``manifest``, ``local``, ``host_module``,
+        ``device_module``, ``golden``) are held: a typed error, never an ``assert``.
+
+        Raises:
+            ModelStateError: one is missing (another task moved the model meanwhile).
+        """
+        missing = [p for p in parts if getattr(self, p) is None]
+        if missing:
+            raise ModelStateError(
+                f"model {self.model!r} is at {self.tier.name} without its {', '.join(missing)}: it "
+                "was demoted or reloaded meanwhile; retry"
+            )
+
 
 class ModelPool:
     """All models of one worker process. Thread-safe: tasks run on a thread pool."""
@@ -96,7 +128,7 @@ class ModelPool:
         worker: str,
         store: SnapshotStore,
         cache: SnapshotCache,
-        registry: WorkerRegistry,
+        registry: PoolRegistry,
         gate: QueueGate,
         device: torch.device,
     ) -> None:
@@ -176,7 +208,7 @@ class ModelPool:
             slot.manifest = self._manifest(slot.model, version)
             slot.local = self.cache.fetch(self.store, slot.manifest)
         elif step == Tier.HOST:
-            assert slot.local is not None and slot.manifest is not None
+            slot.need("local", "manifest")
             if not slot.local.weights_path.exists():  # the cache evicted it since: fetch again
                 slot.local = self.cache.fetch(self.store, slot.manifest)
             self._make_room(Tier.HOST, slot)
@@ -191,13 +223,13 @@ class ModelPool:
                 slot.golden = load_golden(slot.local.golden_path, slot.manifest.golden)
         elif step == Tier.DEVICE:
             self._make_room(Tier.DEVICE, slot)
-            assert slot.host_module is not None
+            slot.need("host_module")
             if self.device.type == "cpu":
                 slot.device_module = slot.host_module  # ready on the CPU: the same memory
             else:
                 # Module.to() moves in place, which would take the HOST copy along; restoring
                 # again from the (page-cached) mapping keeps HOST intact for a cheap demotion.
-                assert slot.local is not None and slot.manifest is not None
+                slot.need("local", "manifest")
                 slot.device_module = restore_model(
                     slot.local.weights_path,
                     slot.manifest,
@@ -246,7 +278,7 @@ class ModelPool:
                     return
 
     def _warm_and_check(self, slot: Slot, max_runs: int) -> None:
-        assert slot.device_module is not None and slot.golden is not None and slot.manifest is not None
+        slot.need("device_module", "golden", "manifest")
         golden_in, _ = slot.golden
         if max_runs > 0:
             inputs = [self._to_device(golden_in)] + [self._to_device(s) for s in slot.samples]
@@ -258,7 +290,7 @@ class ModelPool:
             raise HealthCheckError(f"model {slot.model!r} failed its golden check: {result.reason}")
 
     def _check(self, slot: Slot) -> HealthResult:
-        assert slot.device_module is not None and slot.golden is not None and slot.manifest is not None
+        slot.need("device_module", "golden", "manifest")
         golden_in, golden_out = slot.golden
         result = health_check(
             slot.device_module,
@@ -368,7 +400,7 @@ class ModelPool:
                 self.ensure(model, Tier.HOT, urgent=True)
             slot.in_flight += 1
         try:
-            assert slot.manifest is not None and slot.device_module is not None
+            slot.need("manifest", "device_module")
             inputs = decode_inputs(inputs_payload, slot.manifest.inputs, max_bytes=self.settings.max_payload_bytes)
             started = time.time()
             t0 = time.perf_counter()

@@ -20,7 +20,7 @@ from typing import Any
 
 import redis
 
-from infra.redis_client import key, redis_errors
+from warmstart.infra.redis_client import key, redis_errors
 
 
 class WorkerRegistry:

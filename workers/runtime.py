@@ -17,15 +17,15 @@ from typing import Any
 from celery import Celery
 from celery.signals import celeryd_after_setup, worker_ready, worker_shutdown
 
-from infra.celery_app import PREWARM_QUEUE, TASK_ECHO, TASK_PREWARM, app_settings, control_queue, infer_queue
-from infra.errors import WarmstartError, WorkerError
-from infra.redis_client import connect
-from infra.settings import Settings
-from snapshot.cache import SnapshotCache
-from snapshot.process import prepare_process, resolve_device
-from snapshot.stores import open_store
-from workers.pool import ModelPool
-from workers.registry import WorkerRegistry
+from warmstart.infra.celery_app import PREWARM_QUEUE, TASK_ECHO, TASK_PREWARM, app_settings, control_queue, infer_queue
+from warmstart.infra.errors import WarmstartError, WorkerError
+from warmstart.infra.redis_client import connect
+from warmstart.infra.settings import Settings
+from warmstart.snapshot.cache import SnapshotCache
+from warmstart.snapshot.process import prepare_process, resolve_device
+from warmstart.snapshot.stores import open_store
+from warmstart.workers.pool import ModelPool
+from warmstart.workers.registry import WorkerRegistry
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +156,7 @@ def current_runtime() -> WorkerRuntime:
     global _runtime
     with _runtime_lock:
         if _runtime is None:
-            from infra.celery_app import app
+            from warmstart.infra.celery_app import app
 
             if _nodename is None:
                 raise WorkerError("warmstart tasks run only inside a warmstart worker process")
@@ -175,7 +175,7 @@ def _after_setup(sender: str, instance: Any, **_: Any) -> None:
         # SystemExit, not an exception: Celery logs and ignores exceptions from signal handlers.
         raise SystemExit(
             f"error: warmstart workers need the threads pool (got {pool_name}). Start with "
-            "`warmstart worker` or `celery -A infra.celery_app worker -P threads`"
+            "`warmstart worker` or `celery -A warmstart.app worker -P threads`"
         )
     _nodename = sender
     settings = app_settings(instance.app)

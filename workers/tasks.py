@@ -2,7 +2,7 @@
 
 Typed errors are answered, not raised: the task succeeds with ``{"ok": false, "error": …}``
 so that a bad request is acknowledged once and never retried, and the client re-raises the
-same typed error (:func:`infra.errors.error_from_dict`).
+same typed error (:func:`warmstart.infra.errors.error_from_dict`).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from infra.celery_app import (
+from warmstart.infra.celery_app import (
     TASK_DEMOTE,
     TASK_ECHO,
     TASK_HEALTH_CHECK,
@@ -23,10 +23,10 @@ from infra.celery_app import (
 )
 from celery import Task
 
-from infra.errors import InvalidInputError, RequestCrashedWorkersError, WarmstartError
-from snapshot.names import validate_name
-from workers.runtime import current_runtime
-from workers.tiers import Tier
+from warmstart.infra.errors import InvalidInputError, RequestCrashedWorkersError, WarmstartError
+from warmstart.snapshot.names import validate_name
+from warmstart.workers.runtime import current_runtime
+from warmstart.workers.tiers import Tier
 
 log = logging.getLogger(__name__)
 

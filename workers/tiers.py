@@ -19,33 +19,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from enum import IntEnum
 
-from infra.errors import BudgetError
-
-
-class Tier(IntEnum):
-    REMOTE = 0
-    DISK = 1
-    HOST = 2
-    DEVICE = 3
-    HOT = 4
-
-    @classmethod
-    def parse(cls, value: str | int | "Tier") -> "Tier":
-        """A tier from its name (any case) or number.
-
-        Raises:
-            ValueError: not a tier; the message lists the tiers.
-        """
-        if isinstance(value, Tier):
-            return value
-        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 4:
-            return cls(value)
-        if isinstance(value, str) and value.upper() in cls.__members__:
-            return cls[value.upper()]
-        raise ValueError(f"unknown tier {value!r}; tiers are {[t.name for t in cls]}")
-
+from warmstart.infra.errors import BudgetError
+from warmstart.infra.tiers import Tier
 
 #: Which budget a tier fills: the memory a model at that tier (or above) occupies.
 BUDGET_OF_TIER = {Tier.DEVICE: "device", Tier.HOST: "host"}

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from snapshot.golden import compare_outputs, normalize_outputs
+from warmstart.snapshot.golden import compare_outputs, normalize_outputs
 
 Inputs = Mapping[str, torch.Tensor]
 Outputs = dict[str, torch.Tensor]

@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from infra.errors import InvalidInputError, NonFiniteOutputError, PayloadTooLargeError
-from snapshot.manifest import InputSpec
+from warmstart.infra.errors import InvalidInputError, NonFiniteOutputError, PayloadTooLargeError
+from warmstart.snapshot.manifest import InputSpec
 
 #: torch dtypes by wire name, and the numpy dtype of their little-endian bytes.
 DTYPES: dict[str, tuple[torch.dtype, str]] = {

@@ -1,6 +1,6 @@
 """Warm-up policies: ``fixed-N`` keep-alive, the ``hybrid`` histogram policy, ``warmstart``.
 
-All share the interface of :mod:`scheduler.policies.base`; build one by name with
+All share the interface of :mod:`warmstart.scheduler.policies.base`; build one by name with
 :func:`make_policy`.
 """
 
@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import re
 
-from infra.errors import SchedulerError
-from scheduler.policies.base import (
+from warmstart.infra.errors import SchedulerError
+from warmstart.scheduler.policies.base import (
     Decision,
     ModelContext,
     Policy,
@@ -37,9 +37,9 @@ def make_policy(name: str) -> Policy:
         SchedulerError: the name is unknown; the message lists the known ones.
     """
     # Imported here: the cost model imports the base module, and warmstart imports costs.
-    from scheduler.policies.fixed import FixedKeepAlive
-    from scheduler.policies.hybrid import HybridHistogram
-    from scheduler.policies.warmstart import WarmstartPolicy
+    from warmstart.scheduler.policies.fixed import FixedKeepAlive
+    from warmstart.scheduler.policies.hybrid import HybridHistogram
+    from warmstart.scheduler.policies.warmstart import WarmstartPolicy
 
     key = name.strip().lower()
     if key == "hybrid":

@@ -15,10 +15,10 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, fields, replace
-from enum import Enum
 from typing import Any
 
-from infra.errors import SchedulerError
+from warmstart.infra.errors import SchedulerError
+from warmstart.infra.tiers import POLICY_TIERS, Tier
 
 #: One-minute idle-time bins of the histogram: idle times of 0..239 minutes (4 hours).
 IDLE_BINS = 240
@@ -29,17 +29,8 @@ RECENT_IDLE_KEEP = 16
 RECENT_ARRIVALS_MIN = 60
 
 
-class Tier(str, Enum):
-    """Where a policy wants a model for the next minute (workers map these to their tiers)."""
-
-    HOT = "HOT"
-    HOST = "HOST"
-    DISK = "DISK"
-    REMOTE = "REMOTE"
-
-
-#: Warmest first.
-TIER_ORDER = (Tier.HOT, Tier.HOST, Tier.DISK, Tier.REMOTE)
+#: The tiers a policy decides among, warmest first (the one Tier enum is shared with workers).
+TIER_ORDER = POLICY_TIERS
 
 
 @dataclass
@@ -166,7 +157,7 @@ class ModelContext:
 
     Attributes:
         model: the model's name (for messages).
-        to_hot_s: seconds to reach HOT from each tier (``Tier.value`` keys); None = unknown,
+        to_hot_s: seconds to reach HOT from each tier (tier-name keys); None = unknown,
             the policy then uses the cost model's relative defaults.
         size_bytes: the model's size in bytes, or None when unknown.
         reference_bytes: the typical model size of the fleet (its mean), against which a

@@ -7,9 +7,9 @@ to. It needs nothing but the last arrival.
 
 from __future__ import annotations
 
-from scheduler.policies.base import Decision, ModelContext, Policy, Tier, TrafficState, empirical_hazard
+from warmstart.scheduler.policies.base import Decision, ModelContext, Policy, Tier, TrafficState, empirical_hazard
 
-from infra.errors import SchedulerError
+from warmstart.infra.errors import SchedulerError
 
 
 class FixedKeepAlive(Policy):

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from scheduler.policies.base import (
+from warmstart.scheduler.policies.base import (
     IDLE_BINS,
     Decision,
     ModelContext,

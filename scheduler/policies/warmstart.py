@@ -30,10 +30,10 @@ HOT in the next minute exactly when the probability of an arrival then, ``h``, s
 
 Every decision carries the ``h`` it was taken on as ``arrival_prob`` (the hazard of that very
 minute, not the best minute of a window): a memory budget ranks models by it
-(:meth:`scheduler.costs.ModelCosts.value_per_byte`), so it must be the policy's belief.
+(:meth:`warmstart.scheduler.costs.ModelCosts.value_per_byte`), so it must be the policy's belief.
 
 Below the HOT threshold, the model is held at HOST while ``h`` is above the HOST threshold
-that :func:`scheduler.costs.host_threshold` derives from the tier load times and prices (a
+that :func:`warmstart.scheduler.costs.host_threshold` derives from the tier load times and prices (a
 host copy saves most of a cold start for a fraction of the price), else on DISK.
 """
 
@@ -43,9 +43,9 @@ from typing import Any
 
 import numpy as np
 
-from infra.errors import SchedulerError
-from scheduler.costs import ModelCosts, Prices, host_threshold
-from scheduler.policies.base import (
+from warmstart.infra.errors import SchedulerError
+from warmstart.scheduler.costs import ModelCosts, Prices, host_threshold
+from warmstart.scheduler.policies.base import (
     IDLE_BINS,
     MINUTES_PER_DAY,
     Decision,

@@ -10,12 +10,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
-from infra.errors import SettingsError
-from snapshot.stores.base import SnapshotStore
-from snapshot.stores.local import LocalStore
+from warmstart.infra.errors import SettingsError
+from warmstart.snapshot.stores.base import SnapshotStore
+from warmstart.snapshot.stores.local import LocalStore
 
 if TYPE_CHECKING:
-    from infra.settings import Settings
+    from warmstart.infra.settings import Settings
 
 __all__ = ["LocalStore", "SnapshotStore", "open_store", "open_store_url"]
 
@@ -38,7 +38,7 @@ def open_store_url(
         parsed = urlparse(url)
         if not parsed.netloc:
             raise SettingsError(f"WARMSTART_STORE_URL {url!r} names no bucket: use s3://bucket/prefix")
-        from snapshot.stores.s3 import S3Store  # boto3 only when S3 is used
+        from warmstart.snapshot.stores.s3 import S3Store  # boto3 only when S3 is used
 
         return S3Store(parsed.netloc, parsed.path.strip("/"), endpoint_url=endpoint_url, region=region)
     for scheme in ("file://", "file:"):

@@ -3,7 +3,7 @@
 Publish and fetch need only these operations, so a local directory and an S3 bucket are
 interchangeable (both pass ``tests/integration/test_store_contract.py``). Keys are relative,
 ``/``-separated paths such as ``snapshots/<model>/<version>/manifest.json``; they are built by
-:mod:`snapshot.names` and checked again here, so that no key escapes the store's root.
+:mod:`warmstart.snapshot.names` and checked again here, so that no key escapes the store's root.
 
 Contract (what every implementation guarantees):
 
@@ -21,13 +21,12 @@ from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Callable
 from pathlib import Path
 
-from infra.errors import StoreError
+from warmstart.infra.errors import StoreError
+from warmstart.infra.progress import ProgressCallback
 
-#: Called with the number of bytes moved since the last call (for progress bars).
-ProgressCallback = Callable[[int], None]
+__all__ = ["ProgressCallback", "SnapshotStore", "check_key", "check_prefix", "check_range"]
 
 _SEGMENT = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")
 MAX_KEY_LENGTH = 512

@@ -13,8 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
-from infra.errors import SnapshotNotFoundError, StoreError
-from snapshot.stores.base import (
+from warmstart.infra.errors import SnapshotNotFoundError, StoreError
+from warmstart.snapshot.stores.base import (
     ProgressCallback,
     SnapshotStore,
     check_key,

@@ -23,8 +23,8 @@ from boto3.exceptions import S3UploadFailedError
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 
-from infra.errors import SnapshotNotFoundError, StoreError, StoreUnreachableError
-from snapshot.stores.base import (
+from warmstart.infra.errors import SnapshotNotFoundError, StoreError, StoreUnreachableError
+from warmstart.snapshot.stores.base import (
     ProgressCallback,
     SnapshotStore,
     check_key,
@@ -132,7 +132,8 @@ class S3Store(SnapshotStore):
             if code == "NoSuchBucket":
                 raise StoreError(
                     f"bucket {self.bucket!r} does not exist at {self.endpoint_url or 'AWS'}: "
-                    "create it (the demo does), or fix WARMSTART_STORE_URL"
+                    "create it, fix WARMSTART_STORE_URL, or for a local try-out run `warmstart services`, "
+                    "which starts Redis and S3 with the bucket created"
                 ) from e
             raise StoreError(f"S3 refused to {action} {key!r} in {self.describe()}: {code}: {e}") from e
         raise StoreError(f"S3 failed to {action} {key!r} in {self.describe()}: {e}") from e

@@ -11,11 +11,11 @@ import pytest
 import redis
 import torch
 
-from infra.processes import WorkerProcess
-from infra.settings import Settings, load_settings
-from snapshot.manifest import ArchitectureSpec, InputSpec
-from snapshot.publish import publish_module
-from snapshot.stores import open_store_url
+from warmstart.processes import WorkerProcess
+from warmstart.infra.settings import Settings, load_settings
+from warmstart.snapshot.manifest import ArchitectureSpec, InputSpec
+from warmstart.snapshot.publish import publish_module
+from warmstart.snapshot.stores import open_store_url
 from tests.models import FLAKY, TINY, build_flaky, build_tiny
 
 TINY_INPUTS = (InputSpec("x", "float32", ("batch", 8)),)

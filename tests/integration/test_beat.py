@@ -6,12 +6,12 @@ import time
 
 import pytest
 
-from infra.redis_client import connect
-from infra.settings import load_settings
-from scheduler.beat import BeatScheduler
-from scheduler.traffic import TrafficRecorder
+from warmstart.infra.redis_client import connect
+from warmstart.infra.settings import load_settings
+from warmstart.scheduler.beat import BeatScheduler
+from warmstart.scheduler.traffic import TrafficRecorder
 from tests.integration.test_workers import wait_for
-from workers.registry import WorkerRegistry
+from warmstart.workers.registry import WorkerRegistry
 
 pytestmark = pytest.mark.integration
 
@@ -87,8 +87,8 @@ def test_requests_waiting_for_a_model_nobody_serves_are_rescued(settings, publis
     """A raw Celery client sends no pre-warm; the beat notices the waiting requests."""
     import torch
 
-    from infra.celery_app import create_app
-    from workers.wire import decode_outputs, encode_tensor
+    from warmstart.infra.celery_app import create_app
+    from warmstart.workers.wire import decode_outputs, encode_tensor
 
     module = publish("orphan")
     start_worker("w-rescuer")

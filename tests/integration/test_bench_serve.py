@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from bench.serve import HEADLINE_KEYS, TARGETS
-from infra.cli import main
+from warmstart.bench.serve import HEADLINE_KEYS, TARGETS
+from warmstart.cli import main
 
 pytestmark = pytest.mark.integration
 

@@ -9,11 +9,11 @@ import sys
 import pytest
 import torch
 
-from infra.demo import DemoConfig, run_demo
-from infra.processes import settings_env
+from warmstart.demo import DemoConfig, run_demo
+from warmstart.processes import settings_env
 from tests.integration.test_workers import wait_for
-from workers.registry import WorkerRegistry
-from infra.redis_client import connect
+from warmstart.workers.registry import WorkerRegistry
+from warmstart.infra.redis_client import connect
 
 pytestmark = pytest.mark.integration
 
@@ -22,7 +22,7 @@ def warmstart(worker_settings: dict, *args: str) -> subprocess.CompletedProcess[
     import os
 
     env = {**os.environ, **settings_env(worker_settings)}
-    return subprocess.run([sys.executable, "-m", "infra.cli", *args], env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, "-m", "warmstart.cli", *args], env=env, capture_output=True, text=True, timeout=120)
 
 
 def test_status_and_infer_commands(worker_settings, settings, publish, start_worker) -> None:
@@ -41,7 +41,7 @@ def test_status_and_infer_commands(worker_settings, settings, publish, start_wor
     answer = warmstart(worker_settings, "infer", "cli-model", "--input", json.dumps({"x": x}))
     assert answer.returncode == 0, answer.stderr
     out = json.loads(answer.stdout)
-    from workers.wire import decode_outputs
+    from warmstart.workers.wire import decode_outputs
 
     with torch.inference_mode():
         expected = module(torch.tensor(x))
@@ -66,12 +66,12 @@ def test_demo_runs_end_to_end(tmp_path) -> None:
 
 
 def test_plain_celery_worker_command(worker_settings, settings) -> None:
-    """`celery -A infra.celery_app worker -P threads` is a warmstart worker; prefork is refused."""
+    """`celery -A warmstart.app worker -P threads` is a warmstart worker; prefork is refused."""
     import os
     import time
 
     env = {**os.environ, **settings_env(worker_settings)}
-    celery = [sys.executable, "-m", "celery", "-A", "infra.celery_app", "worker", "--loglevel", "WARNING"]
+    celery = [sys.executable, "-m", "celery", "-A", "warmstart.app", "worker", "--loglevel", "WARNING"]
     refused = subprocess.run([*celery, "-P", "prefork", "-c", "1"], env=env, capture_output=True, text=True, timeout=120)
     assert refused.returncode != 0 and "threads pool" in refused.stderr
 

@@ -28,7 +28,7 @@ def write_trace(root: Path) -> Path:
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "infra.cli", *args], capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, "-m", "warmstart.cli", *args], capture_output=True, text=True, timeout=120)
 
 
 def test_simulate_writes_json_and_plot(tmp_path: Path) -> None:

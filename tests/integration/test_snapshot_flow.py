@@ -13,14 +13,14 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import save_file, save_model
 
-from infra.cli import main
-from infra.services import free_port
-from snapshot import catalog
-from snapshot.cache import SnapshotCache
-from snapshot.golden import compare_outputs, load_golden, normalize_outputs
-from snapshot.publish import publish_examples, publish_module
-from snapshot.restore import restore_model
-from snapshot.stores.s3 import S3Store
+from warmstart.cli import main
+from warmstart.infra.services import free_port
+from warmstart.snapshot import catalog
+from warmstart.snapshot.cache import SnapshotCache
+from warmstart.snapshot.golden import compare_outputs, load_golden, normalize_outputs
+from warmstart.snapshot.publish import publish_examples, publish_module
+from warmstart.snapshot.restore import restore_model
+from warmstart.snapshot.stores.s3 import S3Store
 from tests.unit.snapshot import tiny_models as tiny
 
 pytestmark = pytest.mark.integration

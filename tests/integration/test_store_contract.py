@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from infra.errors import SnapshotNotFoundError, StoreError, StoreUnreachableError
-from infra.services import EmbeddedS3, free_port
-from snapshot.stores import LocalStore, SnapshotStore, open_store_url
-from snapshot.stores.s3 import S3Store
+from warmstart.infra.errors import SnapshotNotFoundError, StoreError, StoreUnreachableError
+from warmstart.infra.services import EmbeddedS3, free_port
+from warmstart.snapshot.stores import LocalStore, SnapshotStore, open_store_url
+from warmstart.snapshot.stores.s3 import S3Store
 
 pytestmark = pytest.mark.integration
 
@@ -215,7 +215,7 @@ def test_open_store_url_file_forms(url: str, expected: Path) -> None:
 
 
 def test_open_store_url_s3_and_bad_schemes() -> None:
-    from infra.errors import SettingsError
+    from warmstart.infra.errors import SettingsError
 
     store = open_store_url("s3://bkt/some/prefix/", endpoint_url="http://127.0.0.1:9")
     assert isinstance(store, S3Store)

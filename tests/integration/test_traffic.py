@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from infra.errors import InvalidNameError
-from infra.redis_client import connect
-from scheduler.traffic import IDLE_BINS, TrafficRecorder
+from warmstart.infra.errors import InvalidNameError
+from warmstart.infra.redis_client import connect
+from warmstart.scheduler.traffic import IDLE_BINS, TrafficRecorder
 
 pytestmark = pytest.mark.integration
 

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from infra.errors import InvalidInputError, NonFiniteOutputError, PayloadTooLargeError, UnknownModelError
-from infra.redis_client import connect
-from workers.client import Client
-from workers.registry import WorkerRegistry
+from warmstart.infra.errors import InvalidInputError, NonFiniteOutputError, PayloadTooLargeError, UnknownModelError
+from warmstart.infra.redis_client import connect
+from warmstart.workers.client import Client
+from warmstart.workers.registry import WorkerRegistry
 
 pytestmark = pytest.mark.integration
 
@@ -52,7 +52,7 @@ def test_eager_model_is_hot_before_it_takes_a_request(settings, publish, start_w
 
 
 def client_outputs(answer: dict) -> torch.Tensor:
-    from workers.wire import decode_outputs
+    from warmstart.workers.wire import decode_outputs
 
     return decode_outputs(answer["outputs"])["output"]
 
@@ -164,8 +164,8 @@ def test_bad_inputs_get_typed_errors_and_the_worker_keeps_serving(settings, publ
 
 
 def test_budgets_demote_the_least_recently_used_and_every_request_is_answered(settings, publish, start_worker) -> None:
-    from snapshot.catalog import read_manifest
-    from snapshot.stores import open_store_url
+    from warmstart.snapshot.catalog import read_manifest
+    from warmstart.snapshot.stores import open_store_url
 
     modules = {name: publish(name) for name in ("m-a", "m-b", "m-c")}
     size = read_manifest(open_store_url(settings.store_url), "m-a", "v1").weights.size_bytes
@@ -191,7 +191,7 @@ def test_budgets_demote_the_least_recently_used_and_every_request_is_answered(se
 
 
 def test_a_request_that_kills_every_worker_is_given_up_after_max_deliveries(settings, publish, start_worker) -> None:
-    from infra.errors import RequestCrashedWorkersError
+    from warmstart.infra.errors import RequestCrashedWorkersError
 
     module = publish("fragile", crash_on=666.0)
     registry = WorkerRegistry(connect(settings.redis_url))

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from bench.report import format_ratio, format_seconds, ratio, write_json
-from bench.restore import BenchFiles, RestoreBenchConfig, summarise
-from infra.cli import main
+from warmstart.bench.report import format_ratio, format_seconds, ratio, write_json
+from warmstart.bench.restore import BenchFiles, RestoreBenchConfig, summarise
+from warmstart.cli import main
 
 PAGE_CACHED_KEYS = (
     "warmstart_restore_s", "first_infer_s", "steady_infer_s", "torch_load_s",

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.serve import HEADLINE_KEYS, ServeBenchConfig, ServeFiles, percentile, summarise
+from warmstart.bench.serve import HEADLINE_KEYS, ServeBenchConfig, ServeFiles, percentile, summarise
 
 
 def test_percentile_interpolates_between_closest_ranks() -> None:

@@ -7,11 +7,11 @@ import json
 import numpy as np
 import pytest
 
-from infra.errors import SchedulerError
-from scheduler.advisor import advise
-from scheduler.costs import GiB, ModelCosts, Prices, default_to_hot_s, host_threshold
-from scheduler.policies.base import Tier
-from scheduler.traces import Trace
+from warmstart.infra.errors import SchedulerError
+from warmstart.scheduler.advisor import advise
+from warmstart.scheduler.costs import GiB, ModelCosts, Prices, default_to_hot_s, host_threshold
+from warmstart.scheduler.policies.base import Tier
+from warmstart.scheduler.traces import Trace
 
 
 def test_default_load_times_grow_with_coldness_and_size() -> None:

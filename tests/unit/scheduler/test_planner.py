@@ -6,10 +6,10 @@ import random
 
 import pytest
 
-from infra.errors import SchedulerError
-from scheduler.costs import ModelCosts
-from scheduler.planner import ModelDemand, Plan, PlanConfig, WorkerState, plan
-from scheduler.policies.base import Tier
+from warmstart.infra.errors import SchedulerError
+from warmstart.scheduler.costs import ModelCosts
+from warmstart.scheduler.planner import ModelDemand, Plan, PlanConfig, WorkerState, plan
+from warmstart.scheduler.policies.base import Tier
 
 MiB = 2**20
 

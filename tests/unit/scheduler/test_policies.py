@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from infra.errors import SchedulerError
-from scheduler.policies import ModelContext, Tier, TrafficState, make_policy
-from scheduler.policies.hybrid import histogram_windows
-from scheduler.policies.warmstart import idle_hazard
+from warmstart.infra.errors import SchedulerError
+from warmstart.scheduler.policies import ModelContext, Tier, TrafficState, make_policy
+from warmstart.scheduler.policies.hybrid import histogram_windows
+from warmstart.scheduler.policies.warmstart import idle_hazard
 
 
 def run(policy_name: str, arrivals: dict[int, int], minutes: int, start: int = 0):

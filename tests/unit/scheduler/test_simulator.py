@@ -8,12 +8,12 @@ import random
 import numpy as np
 import pytest
 
-from infra.errors import SchedulerError
-from scheduler.costs import ModelCosts
-from scheduler.planner import ModelDemand, WorkerState, plan
-from scheduler.policies.base import Tier
-from scheduler.simulator import _budgeted, simulate
-from scheduler.traces import Trace
+from warmstart.infra.errors import SchedulerError
+from warmstart.scheduler.costs import ModelCosts
+from warmstart.scheduler.planner import ModelDemand, WorkerState, plan
+from warmstart.scheduler.policies.base import Tier
+from warmstart.scheduler.simulator import _budgeted, simulate
+from warmstart.scheduler.traces import Trace
 
 
 def tiny() -> Trace:
@@ -62,8 +62,8 @@ def test_all_default_policies_and_errors() -> None:
 
 
 def test_plot_writes_a_png(tmp_path) -> None:
-    from scheduler.plot import plot_tradeoff
-    from scheduler.report import print_simulation
+    from warmstart.scheduler.plot import plot_tradeoff
+    from warmstart.scheduler.report import print_simulation
     from rich.console import Console
 
     r = simulate(tiny(), ["fixed-10", "fixed-5", "hybrid", "warmstart", "warmstart-5"])

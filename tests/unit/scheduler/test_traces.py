@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from infra.errors import TraceFormatError
-from scheduler.traces import DEFAULT_MEMORY_MB, load_trace
+from warmstart.infra.errors import TraceFormatError
+from warmstart.scheduler.traces import DEFAULT_MEMORY_MB, load_trace
 
 DUR_HEADER = ("HashOwner,HashApp,HashFunction,Average,Count,Minimum,Maximum,percentile_Average_0,"
               "percentile_Average_1,percentile_Average_25,percentile_Average_50,"

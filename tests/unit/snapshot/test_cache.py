@@ -17,16 +17,16 @@ from typing import Any
 
 import pytest
 
-from infra.errors import (
+from warmstart.infra.errors import (
     CacheFullError,
     IntegrityError,
     SafetensorsHeaderError,
     SnapshotNotFoundError,
     StoreError,
 )
-from snapshot.cache import LocalSnapshot, SnapshotCache, fetch_version
-from snapshot.manifest import Manifest, parse_manifest
-from snapshot.stores import LocalStore
+from warmstart.snapshot.cache import LocalSnapshot, SnapshotCache, fetch_version
+from warmstart.snapshot.manifest import Manifest, parse_manifest
+from warmstart.snapshot.stores import LocalStore
 
 KEY = "snapshots/{model}/v1/{file}"
 
@@ -34,7 +34,7 @@ KEY = "snapshots/{model}/v1/{file}"
 def publish_tiny(store: LocalStore, model: str, hidden: int = 8, seed: int = 0) -> Manifest:
     import torch
 
-    from snapshot.publish import publish_module
+    from warmstart.snapshot.publish import publish_module
     from tests.unit.snapshot import tiny_models as tiny
 
     torch.manual_seed(seed)
@@ -97,7 +97,7 @@ def test_fetch_version_resolves_aliases(store: LocalStore, manifest: Manifest, t
 
 
 def test_from_settings(tmp_path: Path) -> None:
-    from infra.settings import load_settings
+    from warmstart.infra.settings import load_settings
 
     cache = SnapshotCache.from_settings(
         load_settings(cache_dir=tmp_path / "c", cache_budget_bytes=1234, fetch_concurrency=3)
@@ -378,7 +378,7 @@ def test_one_download_across_processes(store: LocalStore, manifest: Manifest, tm
 def test_unsafe_names_never_reach_the_filesystem(
     store: LocalStore, manifest: Manifest, tmp_path: Path, model: str, version: str
 ) -> None:
-    from infra.errors import InvalidNameError
+    from warmstart.infra.errors import InvalidNameError
 
     cache = SnapshotCache(tmp_path / "cache", budget_bytes=10**9)
     with pytest.raises(InvalidNameError):

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from snapshot.examples import (
+from warmstart.snapshot.examples import (
     EXAMPLE_MODELS,
     RECSYS_NAMES,
     recsys_example,
@@ -16,8 +16,8 @@ from snapshot.examples import (
     transformer_example,
     transformer_param_count,
 )
-from snapshot.manifest import parse_manifest
-from snapshot.restore import module_nbytes, parameters_on_meta
+from warmstart.snapshot.manifest import parse_manifest
+from warmstart.snapshot.restore import module_nbytes, parameters_on_meta
 
 MiB = 1024 * 1024
 
@@ -140,7 +140,7 @@ def test_factories_build_on_meta_with_real_buffers() -> None:
 
 
 def test_cached_positional_table_is_a_plain_cpu_tensor() -> None:
-    from snapshot.examples import sinusoidal_positions
+    from warmstart.snapshot.examples import sinusoidal_positions
 
     sinusoidal_positions.cache_clear()
     with torch.device("meta"), torch.inference_mode():

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from infra.errors import SafetensorsHeaderError, SnapshotError
-from snapshot.golden import (
+from warmstart.infra.errors import SafetensorsHeaderError, SnapshotError
+from warmstart.snapshot.golden import (
     DYNAMIC_DIM_SIZE,
     compare_outputs,
     load_golden,
@@ -18,7 +18,7 @@ from snapshot.golden import (
     read_input_file,
     write_golden,
 )
-from snapshot.manifest import GoldenInfo, InputSpec
+from warmstart.snapshot.manifest import GoldenInfo, InputSpec
 
 
 def test_normalize_outputs() -> None:

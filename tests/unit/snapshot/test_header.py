@@ -13,9 +13,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from infra.errors import SafetensorsHeaderError
-from snapshot.header import MAX_HEADER_BYTES, check_against_manifest, read_header, read_header_file
-from snapshot.manifest import TensorEntry, WeightsInfo
+from warmstart.infra.errors import SafetensorsHeaderError
+from warmstart.snapshot.header import MAX_HEADER_BYTES, check_against_manifest, read_header, read_header_file
+from warmstart.snapshot.manifest import TensorEntry, WeightsInfo
 from tests.unit.snapshot.test_manifest import make_manifest
 
 

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from infra.errors import InvalidNameError, ManifestError
-from snapshot.manifest import (
+from warmstart.infra.errors import InvalidNameError, ManifestError
+from warmstart.snapshot.manifest import (
     ArchitectureSpec,
     GoldenInfo,
     InputSpec,

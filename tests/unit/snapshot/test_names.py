@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from infra.errors import InvalidNameError
-from snapshot.names import alias_key, model_prefix, validate_name, version_key, version_prefix
+from warmstart.infra.errors import InvalidNameError
+from warmstart.snapshot.names import alias_key, model_prefix, validate_name, version_key, version_prefix
 
 
 @pytest.mark.parametrize("name", ["m", "short-form", "v1", "v1.2.3", "A_b-9", "x" * 64, "0day"])

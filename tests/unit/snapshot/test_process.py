@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from infra.errors import SettingsError
-from snapshot import process
+from warmstart.infra.errors import SettingsError
+from warmstart.snapshot import process
 
 
 def test_prepare_process_warms_once(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import save_model
 
-from infra.errors import (
+from warmstart.infra.errors import (
     InvalidNameError,
     ManifestError,
     SafetensorsHeaderError,
@@ -19,11 +19,11 @@ from infra.errors import (
     UnregisteredArchitectureError,
     VersionExistsError,
 )
-from snapshot import catalog
-from snapshot.golden import load_golden
-from snapshot.manifest import parse_manifest
-from snapshot.publish import publish_file, publish_module, sha256_file
-from snapshot.stores import LocalStore
+from warmstart.snapshot import catalog
+from warmstart.snapshot.golden import load_golden
+from warmstart.snapshot.manifest import parse_manifest
+from warmstart.snapshot.publish import publish_file, publish_module, sha256_file
+from warmstart.snapshot.stores import LocalStore
 from tests.unit.snapshot import tiny_models as tiny
 
 
@@ -253,7 +253,7 @@ def test_publish_file_missing_file(store: LocalStore, tmp_path: Path) -> None:
 
 
 def test_publish_file_wrong_architecture(store: LocalStore, tmp_path: Path) -> None:
-    from infra.errors import RestoreError
+    from warmstart.infra.errors import RestoreError
 
     path, _ = _weights_file(tmp_path)
     with pytest.raises(RestoreError):
@@ -299,7 +299,7 @@ def test_catalog_refuses_misplaced_or_broken_objects(store: LocalStore) -> None:
 
 def test_manifest_naming_unregistered_architecture_is_refused_at_restore(store: LocalStore, tmp_path: Path) -> None:
     """A manifest from a bucket that names an unregistered factory restores nothing."""
-    from snapshot.restore import restore_model
+    from warmstart.snapshot.restore import restore_model
 
     m = publish(store)
     weights = tmp_path / "w.safetensors"

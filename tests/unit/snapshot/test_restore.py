@@ -14,11 +14,11 @@ import pytest
 import torch
 from safetensors.torch import save_model
 
-from infra.errors import RestoreError, SafetensorsHeaderError, UnregisteredArchitectureError
-from snapshot import restore as restore_mod
-from snapshot.examples import recsys_example, transformer_example
-from snapshot.header import read_header_file
-from snapshot.manifest import (
+from warmstart.infra.errors import RestoreError, SafetensorsHeaderError, UnregisteredArchitectureError
+from warmstart.snapshot import restore as restore_mod
+from warmstart.snapshot.examples import recsys_example, transformer_example
+from warmstart.snapshot.header import read_header_file
+from warmstart.snapshot.manifest import (
     ArchitectureSpec,
     GoldenInfo,
     InputSpec,
@@ -26,8 +26,8 @@ from snapshot.manifest import (
     WeightsInfo,
     parse_manifest,
 )
-from snapshot.names import GOLDEN_FILE, WEIGHTS_FILE
-from snapshot.restore import map_tensors, module_nbytes, restore_model, restore_weights
+from warmstart.snapshot.names import GOLDEN_FILE, WEIGHTS_FILE
+from warmstart.snapshot.restore import map_tensors, module_nbytes, restore_model, restore_weights
 
 RECSYS = recsys_example("live-events", scale=0.25)  # ~0.5 MB: fast, but the real family
 ENCODER = transformer_example(0.5)

@@ -1,8 +1,8 @@
 import pytest
 
-from infra.errors import BudgetError
-from workers.tiers import Resident, Tier, choose_demotions, steps_between, used_bytes
-from workers.warmup import has_settled
+from warmstart.infra.errors import BudgetError
+from warmstart.workers.tiers import Resident, Tier, choose_demotions, steps_between, used_bytes
+from warmstart.workers.warmup import has_settled
 
 
 def r(model: str, tier: Tier, size: int, used: float, pinned: bool = False) -> Resident:

@@ -3,9 +3,9 @@ import base64
 import pytest
 import torch
 
-from infra.errors import InvalidInputError, NonFiniteOutputError, PayloadTooLargeError
-from snapshot.manifest import InputSpec
-from workers.wire import check_finite, check_payload_size, decode_inputs, decode_outputs, encode_tensor, encode_tensors
+from warmstart.infra.errors import InvalidInputError, NonFiniteOutputError, PayloadTooLargeError
+from warmstart.snapshot.manifest import InputSpec
+from warmstart.workers.wire import check_finite, check_payload_size, decode_inputs, decode_outputs, encode_tensor, encode_tensors
 
 SPECS = (InputSpec("ids", "int64", ("batch", "seq")), InputSpec("mask", "int64", ("batch", "seq")),
          InputSpec("dense", "float32", ("batch", 4)))  # fmt: skip

@@ -1,13 +1,12 @@
 """Worker and beat processes started from Python: for the demo, the benchmarks and the tests.
 
-Each is a real ``python -m infra.cli …`` child process with its own ``WARMSTART_*``
+Each is a real ``python -m warmstart.cli …`` child process with its own ``WARMSTART_*``
 environment, so what runs is exactly what a user would start by hand.
 """
 
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -15,9 +14,10 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from infra.redis_client import connect
-from infra.services import ServiceError
-from workers.registry import WorkerRegistry
+from warmstart.infra.redis_client import connect
+from warmstart.infra.errors import ServiceError
+from warmstart.infra.services import terminate
+from warmstart.workers.registry import WorkerRegistry
 
 
 def settings_env(settings: Mapping[str, object]) -> dict[str, str]:
@@ -44,7 +44,7 @@ class ChildProcess:
 
     def start(self) -> "ChildProcess":
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "infra.cli", *self.args],
+            [sys.executable, "-m", "warmstart.cli", *self.args],
             env=self.env,
             cwd=self.cwd,
             stdout=self.log,
@@ -61,14 +61,7 @@ class ChildProcess:
 
     def stop(self, timeout_s: float = 20.0) -> None:
         """Warm shutdown (SIGTERM), then SIGKILL if it does not exit in time."""
-        if not self.alive():
-            return
-        assert self.process is not None
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self.kill()
+        terminate(self.process, timeout_s)
 
     def kill(self) -> None:
         """SIGKILL: the worker dies without acknowledging or cleaning anything."""

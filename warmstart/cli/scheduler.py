@@ -18,8 +18,8 @@ import click
 def beat(ctx: click.Context, ticks: int | None, loglevel: str) -> None:
     """Run the scheduler: pre-warm ahead of predicted demand, keep warm, demote, re-place
     the models of dead workers. Several may run; one acts at a time (a lease in Redis)."""
-    from infra.cli import settings_from
-    from scheduler.beat import BeatScheduler
+    from warmstart.cli import settings_from
+    from warmstart.scheduler.beat import BeatScheduler
 
     logging.basicConfig(level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     scheduler = BeatScheduler(settings_from(ctx))
@@ -40,9 +40,9 @@ def beat(ctx: click.Context, ticks: int | None, loglevel: str) -> None:
 def simulate(trace_dir: Path, policies: tuple[str, ...], budget_bytes: int | None, sweep: bool,
              json_path: Path | None, plot_path: Path | None) -> None:
     """Replay an Azure Functions trace through the scheduler's policies and compare them."""
-    from scheduler.report import print_simulation
-    from scheduler.simulator import simulate as run
-    from scheduler.traces import load_trace
+    from warmstart.scheduler.report import print_simulation
+    from warmstart.scheduler.simulator import simulate as run
+    from warmstart.scheduler.traces import load_trace
 
     from rich.console import Console
 
@@ -52,7 +52,7 @@ def simulate(trace_dir: Path, policies: tuple[str, ...], budget_bytes: int | Non
         json_path.write_text(json.dumps(result, indent=2))
         click.echo(f"wrote {json_path}", err=True)
     if plot_path:
-        from scheduler.plot import plot_tradeoff
+        from warmstart.scheduler.plot import plot_tradeoff
 
         click.echo(f"wrote {plot_tradeoff(result, plot_path)}", err=True)
 
@@ -64,11 +64,11 @@ def live_trace(settings: Any, window_min: int) -> Any:
 
     import numpy as np
 
-    from infra.redis_client import connect
-    from scheduler.traces import Trace
-    from scheduler.traffic import TrafficRecorder
-    from snapshot.catalog import list_models, read_manifest, resolve_version
-    from snapshot.stores import open_store
+    from warmstart.infra.redis_client import connect
+    from warmstart.scheduler.traces import Trace
+    from warmstart.scheduler.traffic import TrafficRecorder
+    from warmstart.snapshot.catalog import list_models, read_manifest, resolve_version
+    from warmstart.snapshot.stores import open_store
 
     store = open_store(settings)
     recorder = TrafficRecorder(connect(settings.redis_url), settings.traffic_retention_min, settings.traffic_minute_s)
@@ -96,11 +96,11 @@ def live_trace(settings: Any, window_min: int) -> Any:
 def advise(ctx: click.Context, trace_dir: Path | None, window_min: int, policies: tuple[str, ...], as_json: bool) -> None:
     """Per model: arrivals, cold starts and their seconds under each policy, memory cost at
     the configured prices, and the recommendation (eager or lazy, which tier)."""
-    from infra.cli import settings_from
-    from scheduler.advisor import advise as run
-    from scheduler.costs import Prices
-    from scheduler.report import print_advice
-    from scheduler.traces import load_trace
+    from warmstart.cli import settings_from
+    from warmstart.scheduler.advisor import advise as run
+    from warmstart.scheduler.costs import Prices
+    from warmstart.scheduler.report import print_advice
+    from warmstart.scheduler.traces import load_trace
 
     settings = settings_from(ctx)
     trace = load_trace(trace_dir) if trace_dir else live_trace(settings, window_min)
@@ -121,7 +121,7 @@ def advise(ctx: click.Context, trace_dir: Path | None, window_min: int, policies
 def demo(out_dir: Path, traffic_s: float, rate: float) -> None:
     """The end-to-end demo on embedded services: publish, restore, serve, schedule, compare
     the hot prod profile with the cold dev profile."""
-    from infra.demo import DemoConfig, run_demo
+    from warmstart.demo import DemoConfig, run_demo
 
     run_demo(DemoConfig(out_dir=out_dir, traffic_s=traffic_s, mean_rate_per_s=rate))
 

@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from infra.processes import ChildProcess, WorkerProcess
-from infra.redis_client import connect
-from infra.services import EmbeddedRedis, EmbeddedS3, apply_test_credentials
+from warmstart.processes import ChildProcess, WorkerProcess
+from warmstart.infra.redis_client import connect
+from warmstart.infra.services import EmbeddedRedis, EmbeddedS3, apply_test_credentials
 
 MiB = 1024**2
 TIER_LEVEL = {"REMOTE": 0, "DISK": 1, "HOST": 2, "DEVICE": 3, "HOT": 4}
@@ -59,12 +59,12 @@ def _restore_section(store: Any, workdir: Path, console: Any) -> list[dict[str, 
     import torch
     from rich.table import Table
 
-    from snapshot.cache import SnapshotCache
-    from snapshot.catalog import read_manifest, resolve_version
-    from snapshot.examples import EXAMPLE_MODELS
-    from snapshot.process import prepare_process
-    from snapshot.registry import resolve_factory
-    from snapshot.restore import restore_model
+    from warmstart.snapshot.cache import SnapshotCache
+    from warmstart.snapshot.catalog import read_manifest, resolve_version
+    from warmstart.snapshot.examples import EXAMPLE_MODELS
+    from warmstart.snapshot.process import prepare_process
+    from warmstart.snapshot.registry import resolve_factory
+    from warmstart.snapshot.restore import restore_model
 
     prepare_process("cpu")
     cache = SnapshotCache(workdir / "restore-cache", 1024 * MiB)
@@ -121,10 +121,10 @@ def _run_profile(profile: str, cfg: DemoConfig, base: dict[str, Any], schedule: 
                  workdir: Path, console: Any) -> ProfileRun:
     import redis as redis_py
 
-    from infra.settings import load_settings
-    from snapshot.examples import EXAMPLE_MODELS
-    from workers.client import Client
-    from workers.registry import WorkerRegistry
+    from warmstart.infra.settings import load_settings
+    from warmstart.snapshot.examples import EXAMPLE_MODELS
+    from warmstart.workers.client import Client
+    from warmstart.workers.registry import WorkerRegistry
 
     redis_py.Redis.from_url(base["redis_url"]).flushdb()
     cache_dir = workdir / f"cache-{profile}"
@@ -161,7 +161,7 @@ def _run_profile(profile: str, cfg: DemoConfig, base: dict[str, Any], schedule: 
                 waiters.submit(_wait, pending, sent, start, run)
         stop.set()
         sampler.join()
-        from infra.cli_workers import collect_status, print_status
+        from warmstart.cli.workers import collect_status, print_status
 
         print_status(collect_status(settings))  # what `warmstart status` prints
     finally:
@@ -249,9 +249,9 @@ def run_demo(cfg: DemoConfig | None = None) -> dict[str, Any]:
     from rich.console import Console
     from rich.table import Table
 
-    from snapshot.examples import EXAMPLE_MODELS
-    from snapshot.publish import publish_examples
-    from snapshot.stores.s3 import S3Store
+    from warmstart.snapshot.examples import EXAMPLE_MODELS
+    from warmstart.snapshot.publish import publish_examples
+    from warmstart.snapshot.stores.s3 import S3Store
 
     cfg = cfg or DemoConfig()
     console = Console(width=max(Console().width, 110))

@@ -10,8 +10,8 @@ import sys
 
 import click
 
-from infra.errors import WarmstartError
-from infra.settings import Settings, load_settings
+from warmstart.infra.errors import WarmstartError
+from warmstart.infra.settings import Settings, load_settings
 
 
 class _Group(click.Group):
@@ -45,18 +45,16 @@ def settings_from(ctx: click.Context) -> Settings:
 def _register() -> None:
     # Imported here, not at module top, so that `warmstart --help` stays fast and a
     # subsystem's heavy imports (torch) happen only when its command runs.
-    from bench.cli import bench
-    from infra.cli_scheduler import scheduler_commands
-    from infra.cli_snapshot import snapshot_commands
-    from infra.cli_workers import worker_commands
+    from warmstart.bench.cli import bench
+    from warmstart.cli.scheduler import scheduler_commands
+    from warmstart.cli.services import services_commands
+    from warmstart.cli.snapshot import snapshot_commands
+    from warmstart.cli.workers import worker_commands
 
-    for command in snapshot_commands + worker_commands + scheduler_commands:
+    for command in snapshot_commands + worker_commands + scheduler_commands + services_commands:
         main.add_command(command)
     main.add_command(bench)
 
 
 _register()
 
-
-if __name__ == "__main__":
-    main()

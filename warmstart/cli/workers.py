@@ -19,8 +19,9 @@ def worker(ctx: click.Context, name: str | None, concurrency: int | None, loglev
     """Start a worker: threads pool, its own control queue, eager models warmed first."""
     import os
 
-    from infra.celery_app import app, configure
-    from infra.cli import settings_from
+    from warmstart.app import app
+    from warmstart.cli import settings_from
+    from warmstart.infra.celery_app import configure
 
     settings = settings_from(ctx)
     name = name or settings.worker_name or f"warmstart-{socket.gethostname()}-{os.getpid()}"
@@ -48,8 +49,8 @@ def _fmt_bytes(n: int | None) -> str:
 
 def collect_status(settings: object) -> dict[str, object]:
     """Workers (alive and dead) with their models, read from the registry in Redis."""
-    from infra.redis_client import connect
-    from workers.registry import WorkerRegistry
+    from warmstart.infra.redis_client import connect
+    from warmstart.workers.registry import WorkerRegistry
 
     registry = WorkerRegistry(connect(settings.redis_url))  # type: ignore[attr-defined]
     alive, dead = registry.workers()
@@ -66,11 +67,14 @@ def print_status(status: dict[str, object]) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from warmstart.infra.errors import WorkerError
+
     table = Table(title="warmstart status")
     for column in ("worker", "model", "version", "tier", "health", "consuming", "size", "cold ms", "settled ms"):
         table.add_column(column, no_wrap=column in ("worker", "model", "version"))
     workers = status["workers"]
-    assert isinstance(workers, dict)
+    if not isinstance(workers, dict):
+        raise WorkerError("the status read from Redis has no 'workers' mapping; is this a warmstart Redis?")
     for name, info in sorted(workers.items()):
         label = name if info.get("alive") else f"{name} (dead)"
         models = info.get("models") or {}
@@ -92,7 +96,7 @@ def print_status(status: dict[str, object]) -> None:
 @click.pass_context
 def status(ctx: click.Context, as_json: bool) -> None:
     """Workers, their budgets, and each model's tier, health and latencies."""
-    from infra.cli import settings_from
+    from warmstart.cli import settings_from
 
     result = collect_status(settings_from(ctx))
     if as_json:
@@ -108,9 +112,9 @@ def status(ctx: click.Context, as_json: bool) -> None:
 @click.pass_context
 def infer(ctx: click.Context, model: str, input_json: str, timeout_s: float | None) -> None:
     """Send one inference request and print the answer as JSON."""
-    from infra.cli import settings_from
-    from infra.errors import InvalidInputError
-    from workers.client import Client
+    from warmstart.cli import settings_from
+    from warmstart.infra.errors import InvalidInputError
+    from warmstart.workers.client import Client
 
     text = open(input_json[1:]).read() if input_json.startswith("@") else input_json
     try:

@@ -1,7 +1,7 @@
 """CLI commands for snapshots: ``publish``, ``ls``, ``inspect``, ``fetch``.
 
 Each command parses its arguments, calls one library function, and prints the result (as
-JSON with ``--json``). Typed errors are printed as one line by the group in :mod:`infra.cli`.
+JSON with ``--json``). Typed errors are printed as one line by the group in :mod:`warmstart.infra.cli`.
 Heavy imports (torch) happen inside the commands, so ``warmstart --help`` stays fast.
 """
 
@@ -15,8 +15,8 @@ import click
 
 
 def _store_and_settings(ctx: click.Context) -> tuple[Any, Any]:
-    from infra.cli import settings_from
-    from snapshot.stores import open_store
+    from warmstart.cli import settings_from
+    from warmstart.snapshot.stores import open_store
 
     settings = settings_from(ctx)
     return open_store(settings), settings
@@ -75,7 +75,7 @@ def publish(
     as_json: bool,
 ) -> None:
     """Publish example models, or MODEL from a safetensors file, as immutable snapshots."""
-    from snapshot import publish as publishing
+    from warmstart.snapshot import publish as publishing
 
     store, settings = _store_and_settings(ctx)
     common: dict[str, Any] = {
@@ -94,7 +94,7 @@ def publish(
                 "publish needs --example NAME, --all-examples, or MODEL --version V --weights FILE "
                 "--factory pkg.mod:fn --inputs JSON"
             )
-        from snapshot.golden import read_input_file
+        from warmstart.snapshot.golden import read_input_file
 
         architecture = {"factory": factory, "kwargs": _json_arg(kwargs_json, "--kwargs")}
         golden = read_input_file(golden_inputs) if golden_inputs else None
@@ -120,7 +120,7 @@ def publish(
 @click.pass_context
 def ls(ctx: click.Context, model: str | None, as_json: bool) -> None:
     """List models, or MODEL's versions, with sizes and aliases."""
-    from snapshot.catalog import summarize
+    from warmstart.snapshot.catalog import summarize
 
     store, _ = _store_and_settings(ctx)
     summary = summarize(store, model)
@@ -147,7 +147,7 @@ def ls(ctx: click.Context, model: str | None, as_json: bool) -> None:
 @click.pass_context
 def inspect(ctx: click.Context, model: str, ref: str, as_json: bool) -> None:
     """Show the manifest of MODEL's version REF (a version or an alias; default: live)."""
-    from snapshot.catalog import read_resolved
+    from warmstart.snapshot.catalog import read_resolved
 
     store, _ = _store_and_settings(ctx)
     manifest = read_resolved(store, model, ref)
@@ -170,7 +170,7 @@ def inspect(ctx: click.Context, model: str, ref: str, as_json: bool) -> None:
 @click.pass_context
 def fetch(ctx: click.Context, model: str, ref: str, progress: bool | None, as_json: bool) -> None:
     """Fetch MODEL's version REF (default: live) into the local cache, verified."""
-    from snapshot.cache import SnapshotCache, fetch_version
+    from warmstart.snapshot.cache import SnapshotCache, fetch_version
 
     store, settings = _store_and_settings(ctx)
     local = fetch_version(store, SnapshotCache.from_settings(settings), model, ref, show_progress=progress)

@@ -1,0 +1,42 @@
+"""The model pool against the in-memory gate and registry: tiers, gate and published state."""
+
+from __future__ import annotations
+
+import torch
+
+from warmstart.infra.tiers import Tier
+from warmstart.workers.wire import decode_outputs, encode_tensor
+
+from tests.unit.workers.conftest import PoolKit
+
+
+def test_promotion_opens_the_gate_and_publishes_hot(kit: PoolKit) -> None:
+    kit.publish("m")
+    pool = kit.make_pool()
+    slot = pool.ensure("m", Tier.HOT)
+    assert slot.tier == Tier.HOT and slot.health == "ok"
+    assert kit.gate.open_queues == {"m"}
+    assert kit.registry.hot_workers("m") == ["w1"]
+    assert {"REMOTE>DISK", "DISK>HOST", "HOST>DEVICE", "DEVICE>HOT"} <= set(kit.registry.transition_costs("m"))
+
+
+def test_demotion_closes_the_gate_and_forgets_at_remote(kit: PoolKit) -> None:
+    kit.publish("m")
+    pool = kit.make_pool()
+    pool.ensure("m", Tier.HOT)
+    pool.demote("m", Tier.HOST)
+    assert kit.gate.open_queues == set() and kit.registry.hot_workers("m") == []
+    assert kit.registry.models_of("w1")["m"]["tier"] == "HOST"
+    pool.demote("m", Tier.REMOTE)
+    assert "m" not in pool.slots and "m" not in kit.registry.models_of("w1")
+
+
+def test_infer_answers_with_the_models_outputs(kit: PoolKit) -> None:
+    module = kit.publish("m")
+    pool = kit.make_pool()
+    x = torch.rand(3, 8)
+    answer = pool.infer("m", {"x": encode_tensor(x)})
+    assert answer["model"] == "m" and answer["version"] == "v1"
+    (got,) = decode_outputs(answer["outputs"]).values()
+    with torch.no_grad():
+        assert torch.allclose(got, module(x), atol=1e-6)
