@@ -109,6 +109,20 @@ class StoreUnreachableError(StoreError):
     code = "store_unreachable"
 
 
+class ObjectTooLargeError(StoreError):
+    """Raised when a store object is larger than the most bytes its reader accepts (a bound
+    checked before the object is read)."""
+
+    code = "object_too_large"
+
+
+class UnsafeObjectError(StoreError):
+    """Raised when a file store's object is a symbolic link, or not a regular file (a FIFO, a
+    device), and so is refused instead of read."""
+
+    code = "unsafe_object"
+
+
 class CacheFullError(SnapshotError):
     """Raised when a snapshot does not fit the local cache's byte budget even after eviction."""
 
@@ -152,6 +166,13 @@ class NonFiniteOutputError(WorkerError):
     """Raised when a model produces NaN or infinite outputs."""
 
     code = "non_finite_output"
+
+
+class ModelExecutionError(WorkerError):
+    """Raised when the model's own forward raised on a request; the message carries the
+    model's error."""
+
+    code = "model_execution"
 
 
 class ModelStateError(WorkerError):

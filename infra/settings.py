@@ -59,6 +59,12 @@ class Settings(BaseSettings):
     worker_name: str | None = None
     eager_models: Annotated[list[str], NoDecode] = Field(default_factory=list)
     max_payload_bytes: int = Field(8 * MiB, gt=0)
+    # The largest message on the broker (a request as Redis stores it, ~16/9 of its tensor
+    # bytes): the embedded redis-server's proto-max-bulk-len, the workers' limit before
+    # decoding a message, the client's before sending one. Redis accepts no less than 1 MiB.
+    max_message_bytes: int = Field(32 * MiB, ge=1 * MiB)
+    # Answers not read (and so not deleted) by a client expire from Redis after this long.
+    result_ttl_s: int = Field(300, ge=1)
     health_interval_s: float = Field(10.0, gt=0)
     heartbeat_interval_s: float = Field(2.0, gt=0)
     heartbeat_ttl_s: float = Field(10.0, gt=0)
@@ -75,6 +81,10 @@ class Settings(BaseSettings):
     # it would otherwise take the fleet down in turn. After this many deliveries it is
     # answered with RequestCrashedWorkersError instead of run.
     max_deliveries: int = Field(3, ge=1)
+    # Cached snapshots are re-hashed in the background, this many bytes every interval (0
+    # turns it off), so a file changed on disk is found without disturbing serving.
+    verify_interval_s: float = Field(60.0, ge=0)
+    verify_bytes_per_interval: int = Field(256 * MiB, gt=0)
 
     # --- scheduler ------------------------------------------------------------------------
     plan_interval_s: float = Field(5.0, gt=0)
@@ -83,6 +93,9 @@ class Settings(BaseSettings):
     traffic_minute_s: float = Field(60.0, gt=0)
     beat_catchup_min: int = Field(1440, ge=1)
     keep_warm_interval_s: float = Field(60.0, gt=0)
+    # How long the beat trusts its catalog of published models (names and sizes) before it
+    # reads the store again; while the store is unreachable it goes on with the last one.
+    catalog_ttl_s: float = Field(30.0, ge=0)
     policy: str = "warmstart"
     traffic_retention_min: int = Field(7 * 24 * 60, ge=60)
     gpu_gb_hour_price: float = Field(2.50, ge=0)

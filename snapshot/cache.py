@@ -6,6 +6,7 @@ Layout::
     <root>/<model>/<version>/model.safetensors
     <root>/<model>/<version>/golden.safetensors
     <root>/<model>/<version>/.used                touched on every use (LRU recency)
+    <root>/<model>/<version>/.verified            its mtime: when the files were last re-hashed
     <root>/.locks/<model>@<version>.lock          one flock per entry, never deleted
     <root>/.locks/budget.lock                     serialises space accounting
 
@@ -19,6 +20,16 @@ Several processes fetching one snapshot: the per-entry ``flock`` lets exactly on
 the others block, then find the complete entry, verify it and use it. Eviction takes the
 victim's lock without blocking and skips entries being fetched. Linux keeps an unlinked,
 memory-mapped file alive, so evicting an entry a worker has mapped is safe for that worker.
+
+A fetch of a cached entry checks only sizes and the manifest. :meth:`SnapshotCache.verify`
+re-hashes an entry's files against the manifest's sha256 (evicting it on a mismatch, so the
+next fetch downloads it again), holding no lock while it reads; :meth:`~SnapshotCache.verify_next`
+does that for the least recently verified entries within a byte budget per call, for a
+background loop. The time of the last verification is the mtime of ``.verified``.
+
+Cached files are written once and renamed into place, never modified. A file truncated under
+a process that has it mapped (by hand, or a failing disk) kills that process with ``SIGBUS``
+on its next access to a lost page: no check here can prevent that.
 """
 
 from __future__ import annotations
@@ -28,6 +39,7 @@ import fcntl
 import hashlib
 import os
 import shutil
+import stat
 import time
 import uuid
 from collections import deque
@@ -40,11 +52,12 @@ from typing import TYPE_CHECKING, BinaryIO
 from warmstart.infra.errors import (
     CacheFullError,
     IntegrityError,
+    InvalidNameError,
     ManifestError,
     SnapshotNotFoundError,
 )
 from warmstart.snapshot.header import check_against_manifest
-from warmstart.snapshot.manifest import Manifest, parse_manifest
+from warmstart.snapshot.manifest import MAX_MANIFEST_BYTES, Manifest, parse_manifest
 from warmstart.snapshot.names import GOLDEN_FILE, MANIFEST_FILE, WEIGHTS_FILE, validate_name, version_key
 from warmstart.infra.progress import ProgressCallback, transfer_progress
 from warmstart.snapshot.stores.base import SnapshotStore
@@ -55,7 +68,9 @@ if TYPE_CHECKING:
 MiB = 1024 * 1024
 LOCKS_DIR = ".locks"
 USED_MARKER = ".used"
+VERIFIED_MARKER = ".verified"
 _PART_MARK = ".part-"
+_HASH_CHUNK_BYTES = 8 * MiB
 
 
 @dataclass(frozen=True)
@@ -204,11 +219,8 @@ class SnapshotCache:
     def get(self, model: str, version: str) -> LocalSnapshot | None:
         """The cached entry without fetching (and without touching its recency), or None."""
         directory = self.entry_dir(model, version)
-        try:
-            manifest = parse_manifest((directory / MANIFEST_FILE).read_bytes())
-        except (FileNotFoundError, ManifestError):
-            return None
-        return LocalSnapshot(manifest, directory)
+        manifest = _read_cached_manifest(directory)
+        return None if manifest is None else LocalSnapshot(manifest, directory)
 
     # --- eviction ---------------------------------------------------------------------------
 
@@ -336,13 +348,12 @@ class SnapshotCache:
     def _is_valid(self, directory: Path, manifest: Manifest) -> bool:
         """The cheap check of a cached entry: complete, same manifest, files of the right size."""
         try:
-            cached = parse_manifest((directory / MANIFEST_FILE).read_bytes())
             return (
-                cached == manifest
+                _read_cached_manifest(directory) == manifest
                 and (directory / WEIGHTS_FILE).stat().st_size == manifest.weights.size_bytes
                 and (directory / GOLDEN_FILE).stat().st_size == manifest.golden.size_bytes
             )
-        except (OSError, ManifestError):
+        except OSError:
             return False
 
     @staticmethod
@@ -443,6 +454,178 @@ class SnapshotCache:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+
+    # --- re-verification ---------------------------------------------------------------------
+
+    def verify(self, model: str, version: str) -> bool:
+        """Re-hash a cached entry's weights and golden file against its manifest's sha256.
+
+        No lock is held while the files are read, so fetches (of this entry or any other) and
+        eviction go on meanwhile; the files are immutable, and an entry evicted meanwhile is
+        read through the descriptors opened first. On a mismatch the entry is evicted (under
+        its lock, and only if it is still the copy that was hashed), so the next fetch
+        downloads it again.
+
+        Returns:
+            True when both files match; False when one does not (the entry is then evicted),
+            when the entry is incomplete or damaged (evicted too), or when nothing is cached.
+
+        Raises:
+            InvalidNameError: ``model`` or ``version`` is not a safe name.
+        """
+        directory = self.entry_dir(model, version)
+        manifest = _read_cached_manifest(directory)
+        if manifest is None:
+            if directory.exists():
+                self._evict_if_same(model, version, None)  # unless a fetch completes it meanwhile
+            return False
+        hashed: list[tuple[int, int] | None] = []
+        for name, info in ((WEIGHTS_FILE, manifest.weights), (GOLDEN_FILE, manifest.golden)):
+            identity, digest = _hash_file(directory / name, info.size_bytes)
+            hashed.append(identity)
+            if digest != info.sha256:
+                self._evict_if_same(model, version, hashed)
+                return False
+        _touch_verified(directory)
+        return True
+
+    def _evict_if_same(self, model: str, version: str, hashed: list[tuple[int, int] | None] | None) -> None:
+        """Evict an entry found bad, unless it was replaced meanwhile.
+
+        Args:
+            hashed: the identities (device, inode) of the files that were read, in order; the
+                entry stays when its files are other ones now (evicted and fetched again: the
+                new copy was verified by its fetch). None: the manifest copy was unreadable;
+                the entry stays if a fetch has completed it meanwhile.
+        """
+        directory = self.entry_dir(model, version)
+        with self._entry_lock(model, version), self._budget_lock():
+            if hashed is None:
+                if _read_cached_manifest(directory) is not None:
+                    return
+            else:
+                names = (WEIGHTS_FILE, GOLDEN_FILE)[: len(hashed)]
+                if [_identity(directory / name) for name in names] != hashed:
+                    return
+            self._remove_entry(directory)
+
+    def verify_next(self, max_bytes: int) -> list[tuple[str, str, bool]]:
+        """Verify the least recently verified entries, about ``max_bytes`` per call.
+
+        For a background loop: the caller's interval and ``max_bytes`` set the rate, so
+        verification does not disturb serving. Entries are taken in order of their last
+        verification (or, never verified, of their fetch, which verified them) while their
+        sizes (:attr:`CacheEntry.size_bytes`) fit ``max_bytes`` in all; at least one entry is
+        verified per call, so an entry larger than the budget is not starved.
+
+        Returns:
+            ``(model, version, ok)`` per entry verified; ``ok`` False means it was evicted
+            (see :meth:`verify`).
+
+        Raises:
+            ValueError: ``max_bytes`` is negative.
+        """
+        if max_bytes < 0:
+            raise ValueError(f"max_bytes must be >= 0, got {max_bytes}")
+        queue = []
+        for entry in self.entries():
+            last = _mtime_ns(entry.directory / VERIFIED_MARKER) or _mtime_ns(entry.directory / MANIFEST_FILE)
+            queue.append((last, entry.model, entry.version, entry.size_bytes))
+        results: list[tuple[str, str, bool]] = []
+        spent = 0
+        for _, model, version, size in sorted(queue):
+            if results and spent + size > max_bytes:
+                break
+            spent += size
+            results.append((model, version, self.verify(model, version)))
+        return results
+
+
+def _read_cached_manifest(directory: Path) -> Manifest | None:
+    """The entry's manifest copy, or None when it is missing, not a regular file, too large
+    or malformed (read with a bound, never through a link)."""
+    try:
+        fd = os.open(directory / MANIFEST_FILE, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_MANIFEST_BYTES:
+            return None
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            raw = f.read(MAX_MANIFEST_BYTES + 1)
+        return parse_manifest(raw)
+    except (OSError, ManifestError, InvalidNameError):
+        return None
+    finally:
+        os.close(fd)
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path, follow_symlinks=False)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
+def _hash_file(path: Path, size: int) -> tuple[tuple[int, int] | None, str | None]:
+    """``((device, inode), sha256)`` of a cached file; the digest is None when the file is
+    missing, not a regular file, or not ``size`` bytes long (never opened through a link,
+    nor blocking on a FIFO)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None, None
+    try:
+        st = os.fstat(fd)
+        identity = (st.st_dev, st.st_ino)
+        if not stat.S_ISREG(st.st_mode) or st.st_size != size:
+            return identity, None
+        return identity, _sha256_fd(fd, size)
+    except OSError:
+        return None, None
+    finally:
+        os.close(fd)
+
+
+def _sha256_fd(fd: int, size: int) -> str:
+    """The sha256 of the first ``size`` bytes of an open file, read in chunks."""
+    digest = hashlib.sha256()
+    offset = 0
+    while offset < size:
+        chunk = os.pread(fd, min(_HASH_CHUNK_BYTES, size - offset), offset)
+        if not chunk:
+            break  # truncated meanwhile: the digest will not match
+        digest.update(chunk)
+        offset += len(chunk)
+    return digest.hexdigest()
+
+
+_last_verified_ns = 0
+
+
+def _touch_verified(directory: Path) -> None:
+    """Record a verification: the marker's mtime, strictly increasing within this process (file
+    timestamps are coarser than back-to-back verifications)."""
+    global _last_verified_ns
+    now = max(time.time_ns(), _last_verified_ns + 1)
+    _last_verified_ns = now
+    marker = directory / VERIFIED_MARKER
+    try:
+        fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        os.close(fd)
+        os.utime(marker, ns=(now, now), follow_symlinks=False)
+    except OSError:
+        pass  # evicted meanwhile: nothing to record
+
+
+def _mtime_ns(path: Path) -> int:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return 0
 
 
 def _write_all(out: BinaryIO, data: bytes) -> None:

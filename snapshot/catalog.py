@@ -4,17 +4,31 @@ A version exists only when its ``manifest.json`` does (publish writes it last). 
 (``live`` by default) is a small JSON object ``{"version": ..., "updated_at": ...}`` at
 ``snapshots/<model>/_aliases/<alias>.json`` that rollouts move; this module is the one place
 that reads and writes aliases.
+
+A bucket may hold more than snapshots. Keys under ``snapshots/`` that do not fit the layout
+(names that are not safe names, files directly under ``snapshots/``, other depths) are skipped
+with a logged warning, and so are unreadable manifests and aliases when listing: one stray
+object must not break ``warmstart ls`` for every model. Reading one named version or alias
+still raises. Manifests and aliases are read with a size bound checked before their bytes are.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import re
+from collections.abc import Iterable
 from datetime import datetime, timezone
 from typing import Any
 
-from warmstart.infra.errors import InvalidNameError, ManifestError, SnapshotNotFoundError
-from warmstart.snapshot.manifest import Manifest, parse_manifest
+from warmstart.infra.errors import (
+    InvalidNameError,
+    ManifestError,
+    ObjectTooLargeError,
+    SnapshotNotFoundError,
+)
+from warmstart.snapshot.jsonlimits import load_json, short
+from warmstart.snapshot.manifest import MAX_MANIFEST_BYTES, Manifest, parse_manifest
 from warmstart.snapshot.names import (
     MANIFEST_FILE,
     SNAPSHOTS_PREFIX,
@@ -25,8 +39,13 @@ from warmstart.snapshot.names import (
 )
 from warmstart.snapshot.stores.base import SnapshotStore
 
+log = logging.getLogger(__name__)
+
 LIVE_ALIAS = "live"
 _ALIASES_DIR = "_aliases"
+#: An alias is ``{"version": ..., "updated_at": ...}``: well under 1 KiB.
+MAX_ALIAS_BYTES = 64 * 1024
+_STRAY_EXAMPLES = 5
 
 
 def utc_now_iso() -> str:
@@ -39,27 +58,50 @@ def _natural_key(name: str) -> list[Any]:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
 
 
-def list_models(store: SnapshotStore) -> list[str]:
-    """Names of the models with at least one published version, sorted."""
-    models: set[str] = set()
-    for key in store.list_keys(f"{SNAPSHOTS_PREFIX}/"):
+def _is_safe(name: str) -> bool:
+    try:
+        validate_name(name)
+    except InvalidNameError:
+        return False
+    return True
+
+
+def _manifest_keys(keys: Iterable[str]) -> list[tuple[str, str]]:
+    """``(model, version)`` of every ``snapshots/<model>/<version>/manifest.json`` among
+    ``keys``; keys that do not fit the layout are skipped, with one warning for all of them."""
+    found: list[tuple[str, str]] = []
+    stray: list[str] = []
+    for key in keys:
         parts = key.split("/")
-        if len(parts) == 4 and parts[3] == MANIFEST_FILE and parts[2] != _ALIASES_DIR:
-            models.add(parts[1])
+        if len(parts) == 4 and _is_safe(parts[1]) and (parts[2] == _ALIASES_DIR or _is_safe(parts[2])):
+            if parts[3] == MANIFEST_FILE and parts[2] != _ALIASES_DIR:
+                found.append((parts[1], parts[2]))
+        else:
+            stray.append(key)
+    if stray:
+        log.warning(
+            "skipped %d stray keys under %s/ that are not snapshot objects (e.g. %s); they name no "
+            "safe model/version, or lie at another depth: remove them from the store",
+            len(stray), SNAPSHOTS_PREFIX, ", ".join(short(k, 80) for k in stray[:_STRAY_EXAMPLES]),
+        )  # fmt: skip
+    return found
+
+
+def list_models(store: SnapshotStore) -> list[str]:
+    """Names of the models with at least one published version, sorted (stray keys skipped)."""
+    models = {model for model, _ in _manifest_keys(store.list_keys(f"{SNAPSHOTS_PREFIX}/"))}
     return sorted(models, key=_natural_key)
 
 
 def list_versions(store: SnapshotStore, model: str) -> list[str]:
-    """Published versions of ``model`` (those whose manifest exists), in natural order.
+    """Published versions of ``model`` (those whose manifest exists), in natural order; stray
+    keys are skipped.
 
     Raises:
         InvalidNameError: ``model`` is not a safe name.
     """
-    versions = []
-    for key in store.list_keys(f"{model_prefix(model)}/"):
-        parts = key.split("/")
-        if len(parts) == 4 and parts[3] == MANIFEST_FILE and parts[2] != _ALIASES_DIR:
-            versions.append(parts[2])
+    keys = store.list_keys(f"{model_prefix(model)}/")
+    versions = [v for m, v in _manifest_keys(keys) if m == model]
     return sorted(versions, key=_natural_key)
 
 
@@ -73,7 +115,12 @@ def read_manifest(store: SnapshotStore, model: str, version: str) -> Manifest:
     """
     key = version_key(model, version, MANIFEST_FILE)
     try:
-        raw = store.get_bytes(key)
+        raw = store.get_bytes(key, max_bytes=MAX_MANIFEST_BYTES)
+    except ObjectTooLargeError as e:
+        raise ManifestError(
+            f"manifest at {key!r} is over the {MAX_MANIFEST_BYTES}-byte limit: it is not a manifest "
+            "warmstart wrote; republish the snapshot"
+        ) from e
     except SnapshotNotFoundError as e:
         existing = list_versions(store, model)
         hint = f"published versions: {existing}" if existing else "the model has no published versions"
@@ -97,21 +144,24 @@ def get_alias(store: SnapshotStore, model: str, alias: str = LIVE_ALIAS) -> str 
 
     Raises:
         InvalidNameError: a name is not safe.
-        ManifestError: the alias object is malformed.
+        ManifestError: the alias object is malformed, too large or too deeply nested.
     """
     key = alias_key(model, alias)
     try:
-        raw = store.get_bytes(key)
+        raw = store.get_bytes(key, max_bytes=MAX_ALIAS_BYTES)
     except SnapshotNotFoundError:
         return None
-    try:
-        obj = json.loads(raw)
-        version = obj["version"]
-    except (ValueError, TypeError, KeyError, UnicodeDecodeError) as e:
+    except ObjectTooLargeError as e:
+        raise ManifestError(
+            f"alias {key!r} is over the {MAX_ALIAS_BYTES}-byte limit: set it again with `set_alias`"
+        ) from e
+    obj = load_json(raw, what=f"alias {key!r}", error=ManifestError)
+    if not isinstance(obj, dict) or "version" not in obj:
         raise ManifestError(
             f"alias {key!r} is not a JSON object with a 'version': set it again with "
             f"`set_alias` (or republish)"
-        ) from e
+        )
+    version = obj["version"]
     try:
         return validate_name(version, "version")
     except InvalidNameError as e:
@@ -119,7 +169,8 @@ def get_alias(store: SnapshotStore, model: str, alias: str = LIVE_ALIAS) -> str 
 
 
 def list_aliases(store: SnapshotStore, model: str) -> dict[str, str]:
-    """All aliases of ``model``: alias name -> version."""
+    """All readable aliases of ``model``: alias name -> version. Stray objects in the aliases
+    folder are skipped, and malformed aliases too (with a logged warning)."""
     aliases: dict[str, str] = {}
     prefix = f"{model_prefix(model)}/{_ALIASES_DIR}/"
     for key in store.list_keys(prefix):
@@ -129,6 +180,9 @@ def list_aliases(store: SnapshotStore, model: str) -> dict[str, str]:
                 version = get_alias(store, model, name[: -len(".json")])
             except InvalidNameError:
                 continue  # a stray object in the aliases folder, not ours
+            except ManifestError as e:
+                log.warning("skipped alias %s of model %r: %s", short(key, 120), model, e)
+                continue
             if version is not None:
                 aliases[name[: -len(".json")]] = version
     return aliases
@@ -175,6 +229,8 @@ def summarize(store: SnapshotStore, model: str | None = None) -> list[dict[str, 
     Args:
         model: only this model (its versions must exist), or every model when None.
 
+    Versions whose manifest cannot be read are left out, with a logged warning.
+
     Raises:
         SnapshotNotFoundError: ``model`` is given but has no published versions.
     """
@@ -189,7 +245,12 @@ def summarize(store: SnapshotStore, model: str | None = None) -> list[dict[str, 
             )
         rows = []
         for version in versions:
-            manifest = read_manifest(store, name, version)
+            try:
+                manifest = read_manifest(store, name, version)
+            except (ManifestError, InvalidNameError) as e:
+                # One unreadable manifest must not hide every other model from `ls`.
+                log.warning("skipped %s/%s in the listing: %s", name, version, e)
+                continue
             rows.append(
                 {
                     "version": version,

@@ -12,7 +12,13 @@ Two families, both registered in the ``warmstart.architectures`` entry-point gro
   sizes it to a target number of megabytes of float32 weights (the benchmark uses 256-512).
 
 Both factories work normally (random init, when publishing) and under restore's meta-device
-build, where only parameters are skipped and the buffers computed here stay real.
+build, where only parameters are skipped and the buffers computed here stay real. Their
+kwargs come from a manifest, so they are checked before anything is allocated (a ``max_len``
+of 4 million once built a 1 GB table), and nothing is cached per kwargs: every buffer belongs
+to its module and is freed with it, and ``restore.module_nbytes`` counts it.
+
+The example inputs declare their limits (``value_range`` for ids and masks, ``dim_max`` for
+the encoder's sequence length), which workers enforce on every request.
 
 Sizes of the recommendation system at ``scale=1`` (float32 weights), largest first:
 ``premium`` (~33 MB) > ``long-form`` (~16 MB) > ``short-form`` (~8 MB) > ``kids`` (~2.7 MB)
@@ -22,7 +28,6 @@ planner choosing by cold-start seconds avoided per byte has a real trade-off to 
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -38,6 +43,29 @@ TRANSFORMER_FACTORY = "warmstart.snapshot.examples:build_transformer_encoder"
 
 #: Dimension names used in input shapes, and the size golden inputs give them by default.
 DEFAULT_DIM_SIZES: Mapping[str, int] = {"seq": 16}
+
+
+# --- kwargs limits ---------------------------------------------------------------------------
+
+# Far above the examples, low enough that no manifest can make a factory allocate much more
+# than its weights (which come from the file, and which the cache and budgets count).
+MAX_ITEMS = 50_000_000
+MAX_WIDTH = 65_536
+MAX_LAYERS = 1024
+MAX_LEN = 65_536
+#: The positional table is built for real at every restore: at most 64 MiB of float32.
+MAX_POSITION_TABLE_ELEMENTS = 2**24
+
+
+def _check_ints(lowest: int = 1, **values: tuple[object, int]) -> None:
+    """Require each kwarg to be an int in ``[lowest, limit]``.
+
+    Raises:
+        ValueError: naming the kwarg, its value and its limit.
+    """
+    for name, (value, limit) in values.items():
+        if not isinstance(value, int) or isinstance(value, bool) or not lowest <= value <= limit:
+            raise ValueError(f"{name} must be an int in [{lowest}, {limit}], got {value!r}")
 
 
 # --- the recommendation model ---------------------------------------------------------------
@@ -60,8 +88,13 @@ class RecsysModel(nn.Module):
         recency_half_life: float = 6.0,
     ) -> None:
         super().__init__()
-        if min(num_items, embedding_dim, user_dim, history_len, hidden, num_layers) < 1:
-            raise ValueError("recsys sizes must all be >= 1")
+        _check_ints(
+            num_items=(num_items, MAX_ITEMS), embedding_dim=(embedding_dim, MAX_WIDTH),
+            user_dim=(user_dim, MAX_WIDTH), history_len=(history_len, MAX_LEN),
+            hidden=(hidden, MAX_WIDTH), num_layers=(num_layers, MAX_LAYERS),
+        )  # fmt: skip
+        if not isinstance(recency_half_life, (int, float)) or not 0 < recency_half_life < math.inf:
+            raise ValueError(f"recency_half_life must be a positive number, got {recency_half_life!r}")
         self.item_embedding = nn.Embedding(num_items, embedding_dim, padding_idx=0)
         self.user_proj = nn.Linear(user_dim, embedding_dim)
         layers: list[nn.Module] = []
@@ -96,12 +129,12 @@ def build_recsys_model(**kwargs: Any) -> RecsysModel:
 # --- the transformer encoder ----------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=16)
 def sinusoidal_positions(max_len: int, d_model: int) -> torch.Tensor:
     """The fixed sin/cos positional encoding of "Attention is all you need", ``[max_len, d_model]``.
 
-    Computed once per process and shape, and shared by every module of that shape (it is
-    never modified in place): restoring a model of a known shape then costs no trigonometry.
+    Computed afresh for every module (about 1 ms for 512 x 768), never cached: a cached table
+    outlived the model that asked for it, held memory no budget counted, and let a manifest's
+    kwargs choose its size.
     """
     # numpy in float32, single-threaded: 1 ms for 512 x 768, against 5 ms in float64 and up
     # to 40 ms for torch's parallel kernels on a busy 2-core box. It is computed the same way
@@ -112,7 +145,8 @@ def sinusoidal_positions(max_len: int, d_model: int) -> torch.Tensor:
     table = np.empty((max_len, d_model), dtype=np.float32)
     table[:, 0::2] = np.sin(angles)
     table[:, 1::2] = np.cos(angles)
-    # A plain CPU tensor whatever the caller's mode or default device: it is cached.
+    # A plain CPU tensor whatever the caller's mode or default device (restore builds under
+    # meta, and a module built under inference mode could not use it outside).
     with torch.inference_mode(False):
         return torch.from_numpy(table)
 
@@ -155,8 +189,18 @@ class TransformerEncoderModel(nn.Module):
         max_len: int = 512,
     ) -> None:
         super().__init__()
+        _check_ints(
+            vocab_size=(vocab_size, MAX_ITEMS), d_model=(d_model, MAX_WIDTH),
+            num_heads=(num_heads, MAX_WIDTH), ffn_dim=(ffn_dim, 4 * MAX_WIDTH), max_len=(max_len, MAX_LEN),
+        )  # fmt: skip
+        _check_ints(0, num_layers=(num_layers, MAX_LAYERS))  # no layers: embeddings and a norm
         if d_model % num_heads or d_model % 2:
             raise ValueError(f"d_model {d_model} must be even and divisible by num_heads {num_heads}")
+        if max_len * d_model > MAX_POSITION_TABLE_ELEMENTS:
+            raise ValueError(
+                f"max_len {max_len} x d_model {d_model} makes a positional table of "
+                f"{max_len * d_model} elements, over the limit of {MAX_POSITION_TABLE_ELEMENTS}"
+            )
         self.max_len = max_len
         self.token_embedding = nn.Embedding(vocab_size, d_model)
         self.register_buffer("positions", sinusoidal_positions(max_len, d_model), persistent=False)
@@ -227,7 +271,8 @@ class ExampleModel:
 
     ``id_limits`` maps an integer input to its exclusive upper bound (vocabulary size);
     ``mask_inputs`` names 0/1 masks (golden masks always keep their first position);
-    ``dim_sizes`` gives dynamic dimensions other than ``batch`` their golden size.
+    ``dim_sizes`` gives dynamic dimensions other than ``batch`` their golden size. The input
+    specs declare the same limits (``value_range``, ``dim_max``), for workers to enforce.
     """
 
     name: str
@@ -312,7 +357,7 @@ def recsys_example(name: str, scale: float = 1.0) -> ExampleModel:
         architecture=ArchitectureSpec(RECSYS_FACTORY, kwargs),
         inputs=(
             InputSpec("user_features", "float32", ("batch", RECSYS_USER_DIM)),
-            InputSpec("item_ids", "int64", ("batch", RECSYS_HISTORY_LEN)),
+            InputSpec("item_ids", "int64", ("batch", RECSYS_HISTORY_LEN), value_range=(0, num_items)),
         ),
         eager=eager,
         description=description,
@@ -336,13 +381,14 @@ def transformer_example(size_mb: float, name: str | None = None) -> ExampleModel
     """A transformer encoder of about ``size_mb`` MiB of float32 weights (eager, no traffic
     share of its own: benchmarks give it whatever traffic they simulate)."""
     kwargs = transformer_encoder_kwargs(size_mb)
+    longest = {"seq": kwargs["max_len"]}  # forward() refuses longer sequences
     return ExampleModel(
         name=name or f"encoder-{size_mb:g}mb",
         traffic_share=0.0,
         architecture=ArchitectureSpec(TRANSFORMER_FACTORY, kwargs),
         inputs=(
-            InputSpec("input_ids", "int64", ("batch", "seq")),
-            InputSpec("attention_mask", "int64", ("batch", "seq")),
+            InputSpec("input_ids", "int64", ("batch", "seq"), value_range=(0, kwargs["vocab_size"]), dim_max=longest),
+            InputSpec("attention_mask", "int64", ("batch", "seq"), value_range=(0, 2), dim_max=dict(longest)),
         ),
         eager=True,
         description=f"transformer encoder, ~{size_mb:g} MiB float32",

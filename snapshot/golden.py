@@ -100,8 +100,10 @@ def make_golden_inputs(
     """Deterministic sample inputs for models published without golden inputs.
 
     Dynamic dimensions get small sizes (``batch`` for one named ``batch``, else
-    :data:`DYNAMIC_DIM_SIZE`); floats are standard normal, ints and bools lie in ``[0, 2)`` so
-    that they are valid indices for any embedding.
+    :data:`DYNAMIC_DIM_SIZE`, never over the spec's ``dim_max``); floats are standard normal,
+    ints and bools lie in ``[0, 2)`` so that they are valid indices for any embedding, or in
+    the first two values of the spec's ``value_range`` when it declares one (golden inputs
+    are requests the spec allows: the health check runs them).
 
     Args:
         input_specs: the model's declared inputs.
@@ -111,17 +113,20 @@ def make_golden_inputs(
     generator = torch.Generator().manual_seed(seed)
     inputs: dict[str, torch.Tensor] = {}
     for spec in input_specs:
-        shape = [
-            d if isinstance(d, int) else (batch if d == "batch" else DYNAMIC_DIM_SIZE)
-            for d in spec.shape
-        ]
+        shape = [d if isinstance(d, int) else _golden_size(d, spec, batch) for d in spec.shape]
         dtype = torch_dtype(spec.dtype)
         if dtype.is_floating_point:
             tensor = torch.randn(shape, generator=generator).to(dtype)
         else:
-            tensor = torch.randint(0, 2, shape, generator=generator).to(dtype)
+            low, high = (0, 2) if spec.value_range is None else spec.value_range
+            tensor = torch.randint(low, min(high, low + 2), shape, generator=generator).to(dtype)
         inputs[spec.name] = tensor
     return inputs
+
+
+def _golden_size(dim: str, spec: InputSpec, batch: int) -> int:
+    size = batch if dim == "batch" else DYNAMIC_DIM_SIZE
+    return min(size, spec.dim_max.get(dim, size))
 
 
 def write_golden(

@@ -1,21 +1,31 @@
 """Reading and checking a safetensors file's header without trusting it.
 
 A safetensors file is ``u64 little-endian header length | JSON header | data``. The header
-comes from a bucket, so every claim in it is checked: a bounded length, JSON of the right
-shape, known dtypes, offsets inside the file that tile the data section without overlapping,
-and sizes that agree with dtype and shape. :func:`check_against_manifest` then requires the
-header to say exactly what the manifest's tensor index says.
+comes from a bucket, so every claim in it is checked: a bounded length, UTF-8 JSON of bounded
+nesting and the right shape, a bounded number of tensors, known dtypes, shapes of bounded rank
+and dimensions (checked before any product is taken), offsets inside the file that tile the
+data section without overlapping, and sizes that agree with dtype and shape.
+:func:`check_against_manifest` then requires the header to say exactly what the manifest's
+tensor index says.
 """
 
 from __future__ import annotations
 
-import json
 import struct
 from pathlib import Path
 from typing import BinaryIO
 
 from warmstart.infra.errors import SafetensorsHeaderError
-from warmstart.snapshot.manifest import SAFETENSORS_DTYPES, Manifest, TensorEntry, tensor_nbytes
+from warmstart.snapshot.jsonlimits import load_json, short
+from warmstart.snapshot.manifest import (
+    MAX_TENSOR_NAME_LENGTH,
+    MAX_TENSORS,
+    SAFETENSORS_DTYPES,
+    Manifest,
+    TensorEntry,
+    shape_problem,
+    tensor_nbytes,
+)
 
 #: safetensors itself refuses headers over 100 MB; so do we.
 MAX_HEADER_BYTES = 100 * 1024 * 1024
@@ -33,8 +43,10 @@ def read_header(stream: BinaryIO, file_size: int) -> tuple[int, dict[str, Tensor
 
     Raises:
         SafetensorsHeaderError: a truncated file, a header length that is too large, a header
-            that is not JSON of the expected shape, an unknown dtype, or offsets out of range,
-            overlapping, leaving gaps, or disagreeing with dtype and shape.
+            that is not UTF-8 JSON of the expected shape (or nests too deeply, or lists too
+            many tensors), an unknown dtype, a shape of too many or too large dimensions, or
+            offsets out of range, overlapping, leaving gaps, or disagreeing with dtype and
+            shape.
     """
     prefix = stream.read(8)
     if len(prefix) < 8:
@@ -48,12 +60,15 @@ def read_header(stream: BinaryIO, file_size: int) -> tuple[int, dict[str, Tensor
     raw = stream.read(header_bytes)
     if len(raw) != header_bytes:
         raise SafetensorsHeaderError("file ended inside the header: it is truncated")
-    try:
-        header = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise SafetensorsHeaderError(f"header is not valid JSON: {e}") from e
+    header = load_json(raw, what="safetensors header", error=SafetensorsHeaderError)
     if not isinstance(header, dict):
         raise SafetensorsHeaderError("header must be a JSON object")
+    count = len(header) - ("__metadata__" in header)
+    if count > MAX_TENSORS:
+        raise SafetensorsHeaderError(
+            f"header lists {count} tensors, over the limit of {MAX_TENSORS}: the file is not "
+            "a model warmstart can serve"
+        )
 
     metadata = header.pop("__metadata__", {}) or {}
     if not isinstance(metadata, dict) or not all(
@@ -64,15 +79,19 @@ def read_header(stream: BinaryIO, file_size: int) -> tuple[int, dict[str, Tensor
     data_bytes = file_size - 8 - header_bytes
     tensors: dict[str, TensorEntry] = {}
     for name, info in header.items():
+        if len(name) > MAX_TENSOR_NAME_LENGTH:
+            raise SafetensorsHeaderError(
+                f"tensor {short(name)}: the name has {len(name)} characters, over the limit of "
+                f"{MAX_TENSOR_NAME_LENGTH}"
+            )
         if not isinstance(info, dict):
-            raise SafetensorsHeaderError(f"tensor {name!r}: entry must be an object")
+            raise SafetensorsHeaderError(f"tensor {short(name)}: entry must be an object")
         dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
-        if dtype not in SAFETENSORS_DTYPES:
-            raise SafetensorsHeaderError(f"tensor {name!r}: unknown dtype {dtype!r}")
-        if not isinstance(shape, list) or not all(
-            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
-        ):
-            raise SafetensorsHeaderError(f"tensor {name!r}: shape must be non-negative ints")
+        if not isinstance(dtype, str) or dtype not in SAFETENSORS_DTYPES:
+            raise SafetensorsHeaderError(f"tensor {short(name)}: unknown dtype {short(dtype)}")
+        problem = shape_problem(shape)  # rank and each dimension, before any product
+        if problem is not None:
+            raise SafetensorsHeaderError(f"tensor {short(name)}: shape {problem}")
         if (
             not isinstance(offsets, list)
             or len(offsets) != 2
@@ -80,12 +99,12 @@ def read_header(stream: BinaryIO, file_size: int) -> tuple[int, dict[str, Tensor
             or not 0 <= offsets[0] <= offsets[1] <= data_bytes
         ):
             raise SafetensorsHeaderError(
-                f"tensor {name!r}: data_offsets {offsets!r} fall outside the {data_bytes}-byte "
-                "data section"
+                f"tensor {short(name)}: data_offsets {short(offsets)} fall outside the "
+                f"{data_bytes}-byte data section"
             )
         if offsets[1] - offsets[0] != tensor_nbytes(dtype, shape):
             raise SafetensorsHeaderError(
-                f"tensor {name!r}: {offsets[1] - offsets[0]} bytes do not hold {dtype} {shape}"
+                f"tensor {short(name)}: {offsets[1] - offsets[0]} bytes do not hold {dtype} {shape}"
             )
         tensors[name] = TensorEntry(name, dtype, tuple(shape), (offsets[0], offsets[1]))
 
@@ -94,7 +113,7 @@ def read_header(stream: BinaryIO, file_size: int) -> tuple[int, dict[str, Tensor
     for entry in sorted(tensors.values(), key=lambda t: t.offsets):
         if entry.offsets[0] != position:
             kind = "overlaps the tensor before it" if entry.offsets[0] < position else "leaves a gap"
-            raise SafetensorsHeaderError(f"tensor {entry.name!r} at {entry.offsets} {kind}")
+            raise SafetensorsHeaderError(f"tensor {short(entry.name)} at {entry.offsets} {kind}")
         position = entry.offsets[1]
     if position != data_bytes:
         raise SafetensorsHeaderError(
@@ -135,7 +154,7 @@ def check_against_manifest(path: Path, manifest: Manifest) -> dict[str, TensorEn
     for name, entry in tensors.items():
         if entry != expected[name]:
             raise SafetensorsHeaderError(
-                f"tensor {name!r} is {entry.dtype} {list(entry.shape)} at {entry.offsets} in the "
+                f"tensor {short(name)} is {entry.dtype} {list(entry.shape)} at {entry.offsets} in the "
                 f"file but {expected[name].dtype} {list(expected[name].shape)} at "
                 f"{expected[name].offsets} in the manifest"
             )

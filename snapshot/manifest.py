@@ -22,7 +22,14 @@ Format version 1::
 
 ``offsets`` are relative to the start of the data section (after the 8-byte length and the
 header), as in safetensors itself. Input shapes hold ints for fixed dimensions and strings
-(names such as ``"batch"``) for dynamic ones.
+(names such as ``"batch"``) for dynamic ones. An input may also declare ``value_range``
+(``[low, high)``, integer dtypes only) and ``dim_max`` (an upper bound per dynamic dimension,
+e.g. ``{"seq": 512}``); both are written only when set.
+
+Every size is bounded before the work it bounds: the document's bytes and nesting depth
+before it is decoded, list lengths before their entries are read, a shape's rank and each of
+its dimensions before any product of them is taken (a million-dimension shape made
+``math.prod`` run for minutes).
 """
 
 from __future__ import annotations
@@ -34,11 +41,24 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from warmstart.infra.errors import ManifestError
+from warmstart.snapshot.jsonlimits import MAX_JSON_DEPTH, check_tree, load_json, short
 from warmstart.snapshot.names import GOLDEN_FILE, WEIGHTS_FILE, validate_name
 
 FORMAT = "warmstart.snapshot"
 FORMAT_VERSION = 1
 MAX_MANIFEST_BYTES = 16 * 1024 * 1024
+
+# Limits on what a manifest (or a safetensors header) may describe. Far above any real model,
+# and low enough that checking a hostile document costs milliseconds, not minutes.
+MAX_RANK = 64  #: dimensions of one tensor or input
+MAX_DIM = 2**48  #: elements along one dimension
+MAX_TENSORS = 262_144  #: tensors in one weights file
+MAX_INPUTS = 256  #: declared inputs of a model
+MAX_OUTPUTS = 4096  #: recorded golden outputs
+MAX_TENSOR_NAME_LENGTH = 1024  #: characters of a tensor or output name
+MAX_CREATED_AT_LENGTH = 64
+MAX_FREEFORM_DEPTH = 16  #: nesting of architecture.kwargs and metadata
+MAX_FREEFORM_ITEMS = 100_000  #: values in architecture.kwargs, and in metadata
 
 #: safetensors dtype codes and their element sizes.
 SAFETENSORS_DTYPES: dict[str, int] = {
@@ -52,13 +72,53 @@ SAFETENSORS_DTYPES: dict[str, int] = {
 INPUT_DTYPES = ("float32", "float16", "bfloat16", "float64", "int64", "int32", "int16", "int8",
                 "uint8", "bool")  # fmt: skip
 
+#: integer input dtypes and the values they hold, ``[low, high)``.
+INTEGER_RANGES: dict[str, tuple[int, int]] = {
+    "int64": (-(2**63), 2**63), "int32": (-(2**31), 2**31), "int16": (-(2**15), 2**15),
+    "int8": (-(2**7), 2**7), "uint8": (0, 2**8),
+}  # fmt: skip
+
+
+# Always matched with ``fullmatch``: ``$`` would also accept a trailing newline.
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_FACTORY = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
+_INPUT_NAME = re.compile(r"[A-Za-z_]\w{0,63}")
+_DIM_NAME = re.compile(r"[A-Za-z_]\w{0,31}")
+
+
+def shape_problem(shape: object, dynamic: bool = False) -> str | None:
+    """What is wrong with ``shape``, or None when it is a list of at most :data:`MAX_RANK`
+    ints in ``[0, MAX_DIM]`` (with ``dynamic``: ints in ``[1, MAX_DIM]`` or dimension names).
+
+    The rank is checked first, before any entry is looked at, and nothing is multiplied.
+    """
+    if not isinstance(shape, (list, tuple)):
+        return f"must be a list, got {type(shape).__name__}"
+    if len(shape) > MAX_RANK:
+        return f"has {len(shape)} dimensions, over the limit of {MAX_RANK}"
+    kind = "positive ints or dimension names" if dynamic else "non-negative ints"
+    for d in shape:
+        if isinstance(d, int) and not isinstance(d, bool):
+            if d > MAX_DIM:
+                return f"dimension {short(d)} is over the limit of {MAX_DIM}"
+            if d < (1 if dynamic else 0):
+                return f"entries must be {kind}, got {d}"
+        elif not (dynamic and isinstance(d, str) and _DIM_NAME.fullmatch(d)):
+            return f"entries must be {kind}, got {short(d)}"
+    return None
+
+
 def tensor_nbytes(dtype: str, shape: tuple[int, ...] | list[int]) -> int:
-    """Bytes a tensor of this safetensors dtype and shape occupies."""
+    """Bytes a tensor of this safetensors dtype and shape occupies.
+
+    Raises:
+        ValueError: ``shape`` fails :func:`shape_problem` (callers check it first and raise
+            their own typed error; this guards the product against unchecked shapes).
+    """
+    problem = shape_problem(shape)
+    if problem is not None:
+        raise ValueError(f"shape {problem}")
     return math.prod(shape) * SAFETENSORS_DTYPES[dtype]
-
-
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
-_FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 
 @dataclass(frozen=True)
@@ -75,11 +135,28 @@ class TensorEntry:
 
 @dataclass(frozen=True)
 class InputSpec:
-    """One named input tensor. ``shape`` holds ints (fixed) or strings (dynamic, named)."""
+    """One named input tensor. ``shape`` holds ints (fixed) or strings (dynamic, named).
+
+    ``value_range`` is ``(low, high)``: every value must satisfy ``low <= v < high`` (integer
+    dtypes only; None: any value of the dtype). ``dim_max`` bounds dynamic dimensions by name
+    (``{"seq": 512}``; only names in ``shape``). Both are serialised only when set.
+    """
 
     name: str
     dtype: str
     shape: tuple[int | str, ...]
+    value_range: tuple[int, int] | None = None
+    # Not hashed (a dict cannot be), still compared: equal specs keep equal hashes.
+    dim_max: dict[str, int] = field(default_factory=dict, hash=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The manifest's JSON form; limits that are not set are left out."""
+        out: dict[str, Any] = {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+        if self.value_range is not None:
+            out["value_range"] = list(self.value_range)
+        if self.dim_max:
+            out["dim_max"] = dict(self.dim_max)
+        return out
 
 
 @dataclass(frozen=True)
@@ -129,6 +206,7 @@ class Manifest:
 
     def to_dict(self) -> dict[str, Any]:
         raw = asdict(self)
+        raw["inputs"] = [spec.to_dict() for spec in self.inputs]  # unset limits left out
         ordered = {"format": FORMAT, "format_version": raw.pop("format_version")}
         ordered.update(raw)
         return json.loads(json.dumps(ordered))  # tuples -> lists, a plain JSON tree
@@ -161,25 +239,51 @@ def _get(obj: dict[str, Any], key: str, kind: type | tuple[type, ...], path: str
 
 def _nonneg_int(obj: dict[str, Any], key: str, path: str) -> int:
     value = _get(obj, key, int, path)
-    if value < 0:
-        raise ManifestError(f"{_where(path + key)} must be >= 0, got {value}")
+    if not 0 <= value < 2**63:
+        raise ManifestError(f"{_where(path + key)} must be >= 0 and < 2**63, got {short(value)}")
     return value
 
 
 def _sha(obj: dict[str, Any], key: str, path: str) -> str:
     value = _get(obj, key, str, path)
-    if not _SHA256.match(value):
+    if not _SHA256.fullmatch(value):
         raise ManifestError(f"{_where(path + key)} must be 64 lowercase hex digits")
     return value
 
 
-def _name_list(obj: dict[str, Any], key: str, path: str) -> tuple[str, ...]:
+def _bounded_list(obj: dict[str, Any], key: str, path: str, limit: int) -> list[Any]:
+    """A list field, refused by its length before any entry is looked at."""
     values = _get(obj, key, list, path)
-    if not values or not all(isinstance(v, str) and v for v in values):
-        raise ManifestError(f"{_where(path + key)} must be a non-empty list of names")
+    if len(values) > limit:
+        raise ManifestError(
+            f"{_where(path + key)} has {len(values)} entries, over the limit of {limit}; this is "
+            "not a manifest warmstart wrote"
+        )
+    return values
+
+
+def _name_list(obj: dict[str, Any], key: str, path: str, limit: int) -> tuple[str, ...]:
+    values = _bounded_list(obj, key, path, limit)
+    if not values or not all(isinstance(v, str) and 0 < len(v) <= MAX_TENSOR_NAME_LENGTH for v in values):
+        raise ManifestError(
+            f"{_where(path + key)} must be a non-empty list of names of 1-{MAX_TENSOR_NAME_LENGTH} characters"
+        )
     if len(set(values)) != len(values):
         raise ManifestError(f"{_where(path + key)} lists a name twice")
     return tuple(values)
+
+
+def _freeform(obj: dict[str, Any], key: str, path: str) -> dict[str, Any]:
+    """An optional free-form JSON object (kwargs, metadata), bounded in depth and size: it is
+    serialised again later, and a deep tree would break ``json.dumps``."""
+    value = obj.get(key, {})
+    if not isinstance(value, dict):
+        raise ManifestError(f"{_where(path + key)} must be an object")
+    check_tree(
+        value, what=_where(path + key), error=ManifestError,
+        max_depth=MAX_FREEFORM_DEPTH, max_items=MAX_FREEFORM_ITEMS,
+    )  # fmt: skip
+    return dict(value)
 
 
 def _tensor(raw: Any, i: int) -> TensorEntry:
@@ -187,46 +291,116 @@ def _tensor(raw: Any, i: int) -> TensorEntry:
     if not isinstance(raw, dict):
         raise ManifestError(f"{_where(path[:-1])} must be an object")
     name = _get(raw, "name", str, path)
+    if len(name) > MAX_TENSOR_NAME_LENGTH:
+        raise ManifestError(
+            f"{_where(path + 'name')} has {len(name)} characters, over the limit of {MAX_TENSOR_NAME_LENGTH}"
+        )
     dtype = _get(raw, "dtype", str, path)
     if dtype not in SAFETENSORS_DTYPES:
-        raise ManifestError(f"{_where(path + 'dtype')} {dtype!r} is not a safetensors dtype")
+        raise ManifestError(f"{_where(path + 'dtype')} {short(dtype)} is not a safetensors dtype")
     shape = _get(raw, "shape", list, path)
-    if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
-        raise ManifestError(f"{_where(path + 'shape')} must be a list of non-negative ints")
+    problem = shape_problem(shape)
+    if problem is not None:
+        raise ManifestError(f"{_where(path + 'shape')} {problem}")
     offsets = _get(raw, "offsets", list, path)
     if (
         len(offsets) != 2
         or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
-        or not 0 <= offsets[0] <= offsets[1]
+        or not 0 <= offsets[0] <= offsets[1] < 2**63
     ):
-        raise ManifestError(f"{_where(path + 'offsets')} must be [start, end] with 0 <= start <= end")
-    if offsets[1] - offsets[0] != tensor_nbytes(dtype, shape):
+        raise ManifestError(f"{_where(path + 'offsets')} must be [start, end] with 0 <= start <= end < 2**63")
+    nbytes = tensor_nbytes(dtype, shape)
+    if offsets[1] - offsets[0] != nbytes:
         raise ManifestError(
-            f"{_where(path[:-1])} ({name!r}): offsets span {offsets[1] - offsets[0]} bytes but "
-            f"{dtype} {shape} needs {tensor_nbytes(dtype, shape)}"
+            f"{_where(path[:-1])} ({short(name)}): offsets span {offsets[1] - offsets[0]} bytes but "
+            f"{dtype} {shape} needs {nbytes}"
         )
     return TensorEntry(name, dtype, tuple(shape), (offsets[0], offsets[1]))
 
 
-def _input(raw: Any, i: int) -> InputSpec:
-    path = f"inputs[{i}]."
+_INPUT_KEYS = ("name", "dtype", "shape", "value_range", "dim_max")
+
+
+def parse_input_spec(raw: Any, where: str) -> InputSpec:
+    """Validate one input spec in its JSON form (as in the manifest's ``inputs``).
+
+    Args:
+        raw: ``{"name", "dtype", "shape"}`` and optionally ``value_range`` and ``dim_max``.
+        where: names the spec in messages (``inputs[0]``).
+
+    Raises:
+        ManifestError: an unknown key, a name that is not an identifier, an unknown dtype, a
+            shape that is not ints and dimension names (or too long, or too large), a
+            ``value_range`` that is not ``[low, high)`` within an integer dtype, or a
+            ``dim_max`` naming anything but a dynamic dimension of this input.
+    """
+    path = f"{where}."
     if not isinstance(raw, dict):
-        raise ManifestError(f"{_where(path[:-1])} must be an object")
+        raise ManifestError(f"{_where(where)} must be an object")
+    unknown = [short(k) for k in raw if k not in _INPUT_KEYS][:5]
+    if unknown:
+        raise ManifestError(f"{_where(where)} has unknown keys {unknown}; an input takes {list(_INPUT_KEYS)}")
     name = _get(raw, "name", str, path)
-    if not re.match(r"^[A-Za-z_]\w{0,63}$", name):
-        raise ManifestError(f"{_where(path + 'name')} {name!r} must be an identifier")
+    if not _INPUT_NAME.fullmatch(name):
+        raise ManifestError(f"{_where(path + 'name')} {short(name)} must be an identifier of 1-64 characters")
     dtype = _get(raw, "dtype", str, path)
     if dtype not in INPUT_DTYPES:
-        raise ManifestError(f"{_where(path + 'dtype')} {dtype!r} must be one of {INPUT_DTYPES}")
-    shape = _get(raw, "shape", list, path)
-    for d in shape:
-        ok_int = isinstance(d, int) and not isinstance(d, bool) and d >= 1
-        ok_dyn = isinstance(d, str) and re.match(r"^[A-Za-z_]\w{0,31}$", d)
-        if not (ok_int or ok_dyn):
+        raise ManifestError(f"{_where(path + 'dtype')} {short(dtype)} must be one of {INPUT_DTYPES}")
+    shape = raw.get("shape")
+    if "shape" not in raw:
+        _get(raw, "shape", list, path)  # raises: missing
+    problem = shape_problem(shape, dynamic=True)
+    if problem is not None:
+        raise ManifestError(f"{_where(path + 'shape')} {problem}")
+    value_range = _value_range(raw["value_range"], dtype, path) if "value_range" in raw else None
+    dim_max = _dim_max(raw["dim_max"], shape, path) if "dim_max" in raw else {}
+    return InputSpec(name, dtype, tuple(shape), value_range, dim_max)
+
+
+def _value_range(value: Any, dtype: str, path: str) -> tuple[int, int]:
+    where = _where(path + "value_range")
+    if not (
+        isinstance(value, (list, tuple))
+        and len(value) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+    ):
+        raise ManifestError(f"{where} must be [low, high] (two ints), got {short(value)}")
+    if dtype not in INTEGER_RANGES:
+        raise ManifestError(f"{where} is for integer dtypes only, but the input is {dtype}; remove it")
+    low, high = value
+    if not low < high:
+        raise ManifestError(f"{where} [{short(low)}, {short(high)}) is empty: need low < high")
+    lowest, highest = INTEGER_RANGES[dtype]
+    if low < lowest or high > highest:
+        raise ManifestError(
+            f"{where} [{short(low)}, {short(high)}) does not fit {dtype}, which holds [{lowest}, {highest})"
+        )
+    return (low, high)
+
+
+def _dim_max(value: Any, shape: list[int | str] | tuple[int | str, ...], path: str) -> dict[str, int]:
+    where = _where(path + "dim_max")
+    if not isinstance(value, dict):
+        raise ManifestError(f"{where} must be an object of dimension name -> maximum size")
+    dynamic = {d for d in shape if isinstance(d, str)}
+    for dim, bound in value.items():
+        if dim not in dynamic:
             raise ManifestError(
-                f"{_where(path + 'shape')} entries must be positive ints or dimension names, got {d!r}"
+                f"{where} names {short(dim)}, which is not a dynamic dimension of this input "
+                f"(those are {sorted(dynamic)})"
             )
-    return InputSpec(name, dtype, tuple(shape))
+        if not isinstance(bound, int) or isinstance(bound, bool):
+            raise ManifestError(f"{where}[{dim!r}] must be an int, got {short(bound)}")
+        if not 1 <= bound <= MAX_DIM:
+            raise ManifestError(f"{where}[{dim!r}] must be >= 1 and not over the limit of {MAX_DIM}, got {short(bound)}")
+    return dict(value)
+
+
+def _tolerance(g: dict[str, Any], key: str) -> float:
+    value = float(_get(g, key, (int, float), "golden."))
+    if not math.isfinite(value) or value < 0:
+        raise ManifestError(f"{_where('golden.' + key)} must be finite and >= 0, got {value}")
+    return value
 
 
 def parse_manifest(data: bytes | str | dict[str, Any]) -> Manifest:
@@ -239,46 +413,44 @@ def parse_manifest(data: bytes | str | dict[str, Any]) -> Manifest:
         The validated :class:`Manifest`.
 
     Raises:
-        ManifestError: not JSON, too large, an unknown format or version, or any field missing,
-            of the wrong type or out of range; the message names the field.
+        ManifestError: not UTF-8 JSON, too large or too deeply nested, an unknown format or
+            version, or any field missing, of the wrong type, too long or out of range; the
+            message names the field.
         InvalidNameError: the model name or version is not a safe name.
     """
-    if isinstance(data, (bytes, str)):
+    if isinstance(data, (bytes, bytearray, str)):
         if len(data) > MAX_MANIFEST_BYTES:
             raise ManifestError(f"manifest is {len(data)} bytes, over the {MAX_MANIFEST_BYTES} limit")
-        try:
-            obj = json.loads(data)
-        except (ValueError, UnicodeDecodeError) as e:
-            raise ManifestError(f"manifest is not valid JSON: {e}") from e
+        obj = load_json(data, what="manifest", error=ManifestError, max_depth=MAX_JSON_DEPTH)
     else:
         obj = data
     if not isinstance(obj, dict):
         raise ManifestError("manifest must be a JSON object")
     if obj.get("format") != FORMAT:
-        raise ManifestError(f"manifest 'format' is {obj.get('format')!r}, expected {FORMAT!r}")
+        raise ManifestError(f"manifest 'format' is {short(obj.get('format'))}, expected {FORMAT!r}")
     version_no = _get(obj, "format_version", int, "")
     if version_no != FORMAT_VERSION:
         raise ManifestError(
-            f"manifest format_version {version_no} is not supported (this warmstart reads "
+            f"manifest format_version {short(version_no)} is not supported (this warmstart reads "
             f"{FORMAT_VERSION}); upgrade warmstart or republish the snapshot"
         )
 
     model = validate_name(_get(obj, "model", str, ""), "model name")
     version = validate_name(_get(obj, "version", str, ""), "version")
     created_at = _get(obj, "created_at", str, "")
+    if len(created_at) > MAX_CREATED_AT_LENGTH:
+        raise ManifestError(f"{_where('created_at')} must be at most {MAX_CREATED_AT_LENGTH} characters")
 
     arch = _get(obj, "architecture", dict, "")
     factory = _get(arch, "factory", str, "architecture.")
-    if not _FACTORY.match(factory):
-        raise ManifestError(f"{_where('architecture.factory')} {factory!r} must be 'package.module:function'")
-    kwargs = arch.get("kwargs", {})
-    if not isinstance(kwargs, dict):
-        raise ManifestError(f"{_where('architecture.kwargs')} must be an object")
+    if not _FACTORY.fullmatch(factory):
+        raise ManifestError(f"{_where('architecture.factory')} {short(factory)} must be 'package.module:function'")
+    kwargs = _freeform(arch, "kwargs", "architecture.")
 
     w = _get(obj, "weights", dict, "")
     if _get(w, "file", str, "weights.") != WEIGHTS_FILE:
         raise ManifestError(f"{_where('weights.file')} must be {WEIGHTS_FILE!r}")
-    tensors_raw = _get(w, "tensors", list, "weights.")
+    tensors_raw = _bounded_list(w, "tensors", "weights.", MAX_TENSORS)
     tensors = tuple(_tensor(t, i) for i, t in enumerate(tensors_raw))
     if len({t.name for t in tensors}) != len(tensors):
         raise ManifestError(f"{_where('weights.tensors')} names a tensor twice")
@@ -293,14 +465,14 @@ def parse_manifest(data: bytes | str | dict[str, Any]) -> Manifest:
     for t in tensors:
         if t.offsets[1] > data_bytes:
             raise ManifestError(
-                f"tensor {t.name!r} ends at byte {t.offsets[1]} of the data section, which is "
+                f"tensor {short(t.name)} ends at byte {t.offsets[1]} of the data section, which is "
                 f"only {data_bytes} bytes long"
             )
 
-    inputs_raw = _get(obj, "inputs", list, "")
+    inputs_raw = _bounded_list(obj, "inputs", "", MAX_INPUTS)
     if not inputs_raw:
         raise ManifestError(f"{_where('inputs')} must declare at least one input tensor")
-    inputs = tuple(_input(s, i) for i, s in enumerate(inputs_raw))
+    inputs = tuple(parse_input_spec(s, f"inputs[{i}]") for i, s in enumerate(inputs_raw))
     if len({s.name for s in inputs}) != len(inputs):
         raise ManifestError(f"{_where('inputs')} names an input twice")
 
@@ -311,28 +483,23 @@ def parse_manifest(data: bytes | str | dict[str, Any]) -> Manifest:
         file=GOLDEN_FILE,
         size_bytes=_nonneg_int(g, "size_bytes", "golden."),
         sha256=_sha(g, "sha256", "golden."),
-        inputs=_name_list(g, "inputs", "golden."),
-        outputs=_name_list(g, "outputs", "golden."),
-        rtol=float(_get(g, "rtol", (int, float), "golden.")),
-        atol=float(_get(g, "atol", (int, float), "golden.")),
+        inputs=_name_list(g, "inputs", "golden.", MAX_INPUTS),
+        outputs=_name_list(g, "outputs", "golden.", MAX_OUTPUTS),
+        rtol=_tolerance(g, "rtol"),
+        atol=_tolerance(g, "atol"),
     )
     if set(golden.inputs) != {s.name for s in inputs}:
         raise ManifestError(
-            f"{_where('golden.inputs')} {list(golden.inputs)} must name exactly the declared "
+            f"{_where('golden.inputs')} {short(list(golden.inputs))} must name exactly the declared "
             f"inputs {[s.name for s in inputs]}"
         )
-    if golden.rtol < 0 or golden.atol < 0:
-        raise ManifestError(f"{_where('golden.rtol/atol')} must be >= 0")
-    metadata = obj.get("metadata", {})
-    if not isinstance(metadata, dict):
-        raise ManifestError(f"{_where('metadata')} must be an object")
     return Manifest(
         model=model,
         version=version,
         created_at=created_at,
-        architecture=ArchitectureSpec(factory, dict(kwargs)),
+        architecture=ArchitectureSpec(factory, kwargs),
         weights=weights,
         inputs=inputs,
         golden=golden,
-        metadata=dict(metadata),
+        metadata=_freeform(obj, "metadata", ""),
     )

@@ -10,7 +10,8 @@ import re
 
 from warmstart.infra.errors import InvalidNameError
 
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+#: Matched with ``fullmatch``: ``$`` would also accept a trailing newline.
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 MAX_NAME_LENGTH = 64
 
 MANIFEST_FILE = "manifest.json"
@@ -29,7 +30,7 @@ def validate_name(value: object, what: str = "model name") -> str:
     """
     if not isinstance(value, str):
         raise InvalidNameError(f"{what} must be a string, got {type(value).__name__}")
-    if ".." in value or not NAME_PATTERN.match(value):
+    if ".." in value or not NAME_PATTERN.fullmatch(value):
         raise InvalidNameError(
             f"{what} {value!r} is not allowed: use 1-{MAX_NAME_LENGTH} letters, digits, '.', "
             "'_' or '-', starting with a letter or digit, with no '/' and no '..'"

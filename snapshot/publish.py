@@ -31,12 +31,13 @@ from warmstart.infra.progress import transfer_progress
 from warmstart.snapshot.golden import compare_outputs, make_golden_inputs, normalize_outputs, write_golden
 from warmstart.snapshot.header import read_header_file
 from warmstart.snapshot.manifest import (
-    INPUT_DTYPES,
+    MAX_INPUTS,
     ArchitectureSpec,
     GoldenInfo,
     InputSpec,
     Manifest,
     WeightsInfo,
+    parse_input_spec,
     parse_manifest,
 )
 from warmstart.snapshot.names import GOLDEN_FILE, MANIFEST_FILE, WEIGHTS_FILE, validate_name, version_key
@@ -80,27 +81,36 @@ def as_architecture(architecture: ArchitectureLike) -> ArchitectureSpec:
 
 
 def as_input_specs(inputs: InputsLike) -> tuple[InputSpec, ...]:
-    """Input specs from specs or ``{"name", "dtype", "shape"}`` objects (as in the manifest).
+    """Input specs from specs or ``{"name", "dtype", "shape"}`` objects (as in the manifest,
+    optionally with ``value_range`` and ``dim_max``), each checked as :func:`parse_manifest`
+    checks it.
 
     Raises:
-        ManifestError: empty, or an entry of the wrong shape or dtype (the full check is
-            :func:`parse_manifest`, run before anything is uploaded).
+        ManifestError: empty, too many, or an entry that is malformed: an unknown key, a bad
+            name, dtype or shape, or limits that do not fit it (see
+            :func:`~warmstart.snapshot.manifest.parse_input_spec`).
     """
+    if isinstance(inputs, (str, bytes, Mapping)) or not isinstance(inputs, Sequence):
+        raise ManifestError("inputs must be a list of input specs")
+    if len(inputs) > MAX_INPUTS:
+        raise ManifestError(f"a model may declare at most {MAX_INPUTS} inputs, got {len(inputs)}")
     specs = []
     for i, raw in enumerate(inputs):
         if isinstance(raw, InputSpec):
-            specs.append(raw)
-            continue
-        if not isinstance(raw, Mapping) or not {"name", "dtype", "shape"} <= set(raw):
+            raw = raw.to_dict()  # checked like any other: a spec object is not trusted either
+        elif not isinstance(raw, Mapping) or not {"name", "dtype", "shape"} <= set(raw):
             raise ManifestError(f"inputs[{i}] must be an object with 'name', 'dtype' and 'shape'")
-        if raw["dtype"] not in INPUT_DTYPES:
-            raise ManifestError(f"inputs[{i}].dtype {raw['dtype']!r} must be one of {INPUT_DTYPES}")
-        if not isinstance(raw["shape"], (list, tuple)):
-            raise ManifestError(f"inputs[{i}].shape must be a list of ints and dimension names")
-        specs.append(InputSpec(str(raw["name"]), raw["dtype"], tuple(raw["shape"])))
+        specs.append(parse_input_spec(_plain_json(raw), f"inputs[{i}]"))
     if not specs:
         raise ManifestError("a model must declare at least one input")
+    if len({s.name for s in specs}) != len(specs):
+        raise ManifestError("inputs name an input twice")
     return tuple(specs)
+
+
+def _plain_json(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """A spec as the manifest holds it: tuples (Python callers' ``(0, 10)``) become lists."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in raw.items()}
 
 
 # --- publishing ---------------------------------------------------------------------------

@@ -263,14 +263,38 @@ def populate_pages(address: int, length: int, *, what: str = "mapping") -> None:
 
 
 def module_nbytes(module: nn.Module) -> int:
-    """Bytes held by a module's parameters and buffers (each shared tensor counted once)."""
-    seen: set[int] = set()
+    """Bytes of memory a module holds: every storage behind its parameters, its buffers
+    (persistent or not) and plain tensor attributes of its submodules, each storage counted
+    once, whole.
+
+    Counting storages rather than tensors is what makes this the memory really held: a
+    restored module's weights all view one mapping of the file (counted once, header
+    included), tied weights share a storage, and a small view keeps all of its storage alive
+    (a buffer sliced from a large table holds the whole table). Meta tensors hold nothing.
+    Compare it with a memory budget after a restore.
+    """
+    seen: set[tuple[str, int]] = set()
     total = 0
-    for tensor in (*module.parameters(), *module.buffers()):
-        if id(tensor) not in seen:
-            seen.add(id(tensor))
+    for tensor in _held_tensors(module):
+        if tensor.is_meta:
+            continue
+        try:
+            storage = tensor.untyped_storage()
+        except (RuntimeError, NotImplementedError):  # sparse and other storage-less layouts
             total += tensor.numel() * tensor.element_size()
+            continue
+        key = (str(storage.device), storage.data_ptr())
+        if storage.nbytes() and key not in seen:
+            seen.add(key)
+            total += storage.nbytes()
     return total
+
+
+def _held_tensors(module: nn.Module) -> Iterator[torch.Tensor]:
+    yield from module.parameters()
+    yield from module.buffers()
+    for submodule in module.modules():  # tensors kept as plain attributes hold memory too
+        yield from (v for v in vars(submodule).values() if isinstance(v, torch.Tensor))
 
 
 # --- building on meta -----------------------------------------------------------------------

@@ -9,6 +9,9 @@ Contract (what every implementation guarantees):
 
 - a ``put_*`` is atomic: a reader sees the old object, or nothing, or the whole new one;
 - ``get_bytes`` / ``get_range`` of a missing key raise :class:`SnapshotNotFoundError`;
+- ``get_bytes(key, max_bytes)`` checks the object's size before reading it and raises
+  :class:`ObjectTooLargeError` when it is larger (callers bound what they parse: manifests,
+  aliases);
 - ``get_range(key, start, end)`` reads the half-open range ``[start, end)``, returning fewer
   bytes only when the object ends before ``end`` (callers check the length);
 - ``size`` of a missing key is ``None``; ``delete`` of a missing key is a no-op;
@@ -23,12 +26,16 @@ import re
 from abc import ABC, abstractmethod
 from pathlib import Path
 
-from warmstart.infra.errors import StoreError
+from warmstart.infra.errors import ObjectTooLargeError, StoreError
 from warmstart.infra.progress import ProgressCallback
 
-__all__ = ["ProgressCallback", "SnapshotStore", "check_key", "check_prefix", "check_range"]
+__all__ = [
+    "ProgressCallback", "SnapshotStore", "check_key", "check_max_bytes", "check_prefix",
+    "check_range", "too_large",
+]  # fmt: skip
 
-_SEGMENT = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")
+#: Matched with ``fullmatch``: ``$`` would also accept a trailing newline.
+_SEGMENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
 MAX_KEY_LENGTH = 512
 
 
@@ -42,7 +49,7 @@ def check_key(key: object) -> str:
     if not isinstance(key, str) or not key or len(key) > MAX_KEY_LENGTH:
         raise StoreError(f"object key {key!r} must be a non-empty string of at most {MAX_KEY_LENGTH} chars")
     for segment in key.split("/"):
-        if ".." in segment or not _SEGMENT.match(segment):
+        if ".." in segment or not _SEGMENT.fullmatch(segment):
             raise StoreError(
                 f"object key {key!r} has an unsafe segment {segment!r}: keys are relative paths "
                 "of letters, digits, '.', '_' and '-', with no '..' and no empty segments"
@@ -79,8 +86,18 @@ class SnapshotStore(ABC):
         """Store ``data`` as ``key``, atomically. Raises StoreError."""
 
     @abstractmethod
-    def get_bytes(self, key: str) -> bytes:
-        """The whole object. Raises SnapshotNotFoundError (missing) or StoreError."""
+    def get_bytes(self, key: str, max_bytes: int | None = None) -> bytes:
+        """The whole object.
+
+        Args:
+            max_bytes: the most bytes the caller accepts; the object's size is checked before
+                its body is read (None: no bound, for objects the caller sized already).
+
+        Raises:
+            SnapshotNotFoundError: the key does not exist.
+            ObjectTooLargeError: the object is larger than ``max_bytes`` (nothing was read).
+            StoreError: another failure.
+        """
 
     @abstractmethod
     def get_range(self, key: str, start: int, end: int) -> bytes:
@@ -118,3 +135,15 @@ class SnapshotStore(ABC):
 def check_range(start: int, end: int) -> None:
     if start < 0 or end < start:
         raise StoreError(f"byte range [{start}, {end}) is invalid: need 0 <= start <= end")
+
+
+def check_max_bytes(max_bytes: int | None) -> None:
+    if max_bytes is not None and (not isinstance(max_bytes, int) or max_bytes < 0):
+        raise StoreError(f"max_bytes {max_bytes!r} must be None or an int >= 0")
+
+
+def too_large(store: SnapshotStore, key: str, size: int, max_bytes: int) -> ObjectTooLargeError:
+    return ObjectTooLargeError(
+        f"{key!r} in {store.describe()} is {size} bytes, over the limit of {max_bytes} for what "
+        "is read from it: it is not an object warmstart wrote; remove or republish it"
+    )

@@ -14,6 +14,7 @@ ranged GETs that the cache issues in parallel itself.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -28,8 +29,10 @@ from warmstart.snapshot.stores.base import (
     ProgressCallback,
     SnapshotStore,
     check_key,
+    check_max_bytes,
     check_prefix,
     check_range,
+    too_large,
 )
 
 MiB = 1024 * 1024
@@ -189,17 +192,29 @@ class S3Store(SnapshotStore):
     def put_bytes(self, key: str, data: bytes) -> None:
         self._call("write", key, "put_object", Bucket=self.bucket, Key=self._key(key), Body=data)
 
-    def _read_body(self, response: dict[str, Any], key: str) -> bytes:
+    def _read_body(self, response: dict[str, Any], key: str, amount: int | None = None) -> bytes:
         try:
-            return response["Body"].read()
+            return response["Body"].read(amount)
         except (boto_errors.BotoCoreError, OSError) as e:
             if isinstance(e, boto_errors.BotoCoreError):
                 self._raise(e, "read", key)
             raise StoreError(f"reading {key!r} from {self.describe()} failed: {e}") from e
 
-    def get_bytes(self, key: str) -> bytes:
+    def get_bytes(self, key: str, max_bytes: int | None = None) -> bytes:
+        check_max_bytes(max_bytes)
         response = self._call("read", key, "get_object", Bucket=self.bucket, Key=self._key(key))
-        return self._read_body(response, key)
+        if max_bytes is None:
+            return self._read_body(response, key)
+        # The size from the response headers, before the body is read.
+        length = int(response.get("ContentLength") or 0)
+        if length > max_bytes:
+            with contextlib.suppress(Exception):
+                response["Body"].close()  # drop the connection's unread body
+            raise too_large(self, key, length, max_bytes)
+        data = self._read_body(response, key, max_bytes + 1)  # in case the header lied
+        if len(data) > max_bytes:
+            raise too_large(self, key, len(data), max_bytes)
+        return data
 
     def get_range(self, key: str, start: int, end: int) -> bytes:
         check_range(start, end)

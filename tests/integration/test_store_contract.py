@@ -11,7 +11,12 @@ from typing import Any
 
 import pytest
 
-from warmstart.infra.errors import SnapshotNotFoundError, StoreError, StoreUnreachableError
+from warmstart.infra.errors import (
+    ObjectTooLargeError,
+    SnapshotNotFoundError,
+    StoreError,
+    StoreUnreachableError,
+)
 from warmstart.infra.services import EmbeddedS3, free_port
 from warmstart.snapshot.stores import LocalStore, SnapshotStore, open_store_url
 from warmstart.snapshot.stores.s3 import S3Store
@@ -122,13 +127,40 @@ def test_delete(store: SnapshotStore) -> None:
 
 
 @pytest.mark.parametrize(
-    "key", ["../escape", "/abs/key", "a//b", "a/./b", "a/../b", "", "a/b/", ".hidden", "a\\b"]
+    "key", ["../escape", "/abs/key", "a//b", "a/./b", "a/../b", "", "a/b/", ".hidden", "a\\b", "a/b\n", "k\n"]
 )
 def test_unsafe_keys_are_refused(store: SnapshotStore, key: str) -> None:
     with pytest.raises(StoreError, match="key"):
         store.put_bytes(key, b"x")
     with pytest.raises(StoreError, match="key"):
         store.get_bytes(key)
+
+
+def test_get_bytes_with_a_bound(store: SnapshotStore) -> None:
+    """A caller that knows how large an object may be (a manifest, an alias) reads no more."""
+    store.put_bytes("k/bounded", b"x" * 100)
+    assert store.get_bytes("k/bounded", max_bytes=100) == b"x" * 100
+    with pytest.raises(ObjectTooLargeError, match="100 bytes.*limit of 99") as info:
+        store.get_bytes("k/bounded", max_bytes=99)
+    assert "xxxx" not in str(info.value)
+    assert isinstance(info.value, StoreError)
+    with pytest.raises(SnapshotNotFoundError):
+        store.get_bytes("k/missing", max_bytes=10)
+    store.put_bytes("k/empty", b"")
+    assert store.get_bytes("k/empty", max_bytes=0) == b""
+
+
+def test_catalog_reads_manifests_with_a_bound(store: SnapshotStore) -> None:
+    from warmstart.infra.errors import ManifestError
+    from warmstart.snapshot import catalog
+    from warmstart.snapshot.manifest import MAX_MANIFEST_BYTES
+
+    store.put_bytes("snapshots/m/v1/manifest.json", b" " * (MAX_MANIFEST_BYTES + 1))
+    with pytest.raises(ManifestError, match="over the .* limit"):
+        catalog.read_manifest(store, "m", "v1")
+    store.put_bytes("snapshots/m/_aliases/live.json", b'{"version": "v1"}' + b" " * 70_000)
+    with pytest.raises(ManifestError, match="alias .* over the .* limit"):
+        catalog.get_alias(store, "m")
 
 
 def test_describe_names_the_location(store: SnapshotStore) -> None:

@@ -386,3 +386,149 @@ def test_unsafe_names_never_reach_the_filesystem(
     with pytest.raises(InvalidNameError):
         cache.evict(model, version)
     assert not (tmp_path / "cache").exists() or cache_files(cache) == []
+
+
+# --- re-verification: verify() and verify_next() ---------------------------------------------
+
+
+def _flip_last_byte(path: Path) -> None:
+    """Damage a cached file in place, keeping its size (what bit rot or a stray write does)."""
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    # Written through a new file and a rename, as the cache itself would never do it: an
+    # in-place write would also work, but would change a file some test may have mapped.
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(bytes(data))
+    tmp.replace(path)
+
+
+def test_verify_a_good_entry(store: LocalStore, manifest: Manifest, tmp_path: Path) -> None:
+    cache = SnapshotCache(tmp_path / "cache", budget_bytes=10**9)
+    cache.fetch(store, manifest)
+    assert cache.verify("tiny", "v1") is True
+    assert cache.contains("tiny", "v1")
+    assert cache.fetch(store, manifest).downloaded_bytes == 0
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "golden.safetensors"])
+def test_verify_evicts_an_entry_whose_bytes_changed(
+    store: LocalStore, manifest: Manifest, tmp_path: Path, name: str
+) -> None:
+    """A cached file used to be trusted forever once fetched: same size, other bytes, served."""
+    cache = SnapshotCache(tmp_path / "cache", budget_bytes=10**9)
+    local = cache.fetch(store, manifest)
+    good = (local.directory / name).read_bytes()
+    _flip_last_byte(local.directory / name)
+    assert cache.fetch(store, manifest).downloaded_bytes == 0  # the cheap check cannot see it
+    assert cache.verify("tiny", "v1") is False
+    assert not cache.contains("tiny", "v1")
+    again = cache.fetch(store, manifest)
+    assert again.downloaded_bytes > 0 and (again.directory / name).read_bytes() == good
+    assert cache.verify("tiny", "v1") is True
+
+
+def test_verify_a_truncated_or_missing_entry(store: LocalStore, manifest: Manifest, tmp_path: Path) -> None:
+    cache = SnapshotCache(tmp_path / "cache", budget_bytes=10**9)
+    assert cache.verify("tiny", "v1") is False  # nothing cached: no good copy here
+    local = cache.fetch(store, manifest)
+    local.weights_path.write_bytes(local.weights_path.read_bytes()[:-3])
+    assert cache.verify("tiny", "v1") is False
+    assert not cache.contains("tiny", "v1") and cache.usage_bytes() == 0
+
+
+def test_verify_refuses_unsafe_names(tmp_path: Path) -> None:
+    from warmstart.infra.errors import InvalidNameError
+
+    cache = SnapshotCache(tmp_path / "cache", budget_bytes=10**9)
+    with pytest.raises(InvalidNameError):
+        cache.verify("../etc", "v1")
+
+
+def test_verify_does_not_block_fetches_of_other_entries(
+    store: LocalStore, three: list[Manifest], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While one entry is being hashed, another can be fetched (and evicted to make room)."""
+    import threading
+
+    from warmstart.snapshot import cache as cache_module
+
+    a, b, c = three
+    cache = SnapshotCache(tmp_path / "cache", budget_bytes=entry_size(a) * 2 + 100)
+    cache.fetch(store, a)
+    cache.fetch(store, b)
+    hashing, release = threading.Event(), threading.Event()
+    real_hash = cache_module._sha256_fd
+
+    def slow_hash(fd: int, size: int) -> str:
+        hashing.set()
+        release.wait(60)
+        return real_hash(fd, size)
+
+    monkeypatch.setattr(cache_module, "_sha256_fd", slow_hash)
+    results: list[bool] = []
+    verifier = threading.Thread(target=lambda: results.append(cache.verify("a", "v1")), daemon=True)
+    verifier.start()
+    assert hashing.wait(60)
+    fetched: list[int] = []
+    fetcher = threading.Thread(target=lambda: fetched.append(cache.fetch(store, c).downloaded_bytes), daemon=True)
+    fetcher.start()
+    fetcher.join(60)
+    finished_while_hashing = not fetcher.is_alive()
+    release.set()
+    verifier.join(60)
+    fetcher.join(60)
+    assert finished_while_hashing, "a fetch of another entry waited for the verification"
+    assert fetched and fetched[0] > 0
+    assert results == [False]  # a was evicted for c meanwhile: there is no copy to call good
+    assert not cache.contains("a", "v1") and cache.contains("c", "v1")
+
+
+def test_verify_keeps_an_entry_replaced_while_it_was_hashed(
+    store: LocalStore, manifest: Manifest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bad copy was evicted and fetched again meanwhile: the good new copy stays."""
+    from warmstart.snapshot import cache as cache_module
+
+    cache = SnapshotCache(tmp_path / "cache", budget_bytes=10**9)
+    local = cache.fetch(store, manifest)
+    _flip_last_byte(local.weights_path)
+    real_hash = cache_module._sha256_fd
+    replaced: list[bool] = []
+
+    def hash_after_replacement(fd: int, size: int) -> str:
+        if not replaced:
+            replaced.append(True)
+            cache.evict("tiny", "v1")
+            cache.fetch(store, manifest)
+        return real_hash(fd, size)
+
+    monkeypatch.setattr(cache_module, "_sha256_fd", hash_after_replacement)
+    assert cache.verify("tiny", "v1") is False  # the copy it hashed was bad
+    monkeypatch.setattr(cache_module, "_sha256_fd", real_hash)
+    assert cache.contains("tiny", "v1") and cache.verify("tiny", "v1") is True
+
+
+def test_verify_next_takes_the_least_recently_verified_within_a_budget(
+    store: LocalStore, three: list[Manifest], tmp_path: Path
+) -> None:
+    cache = SnapshotCache(tmp_path / "cache", budget_bytes=10**9)
+    for m in three:
+        cache.fetch(store, m)
+    size = cache.entries()[0].size_bytes
+    assert all(e.size_bytes == size for e in cache.entries())
+    first = cache.verify_next(max_bytes=2 * size)
+    assert first == [("a", "v1", True), ("b", "v1", True)]
+    assert cache.verify_next(max_bytes=2 * size) == [("c", "v1", True), ("a", "v1", True)]
+    _flip_last_byte(cache.entry_dir("b", "v1") / "model.safetensors")
+    assert cache.verify_next(max_bytes=size) == [("b", "v1", False)]
+    assert [e.model for e in cache.entries()] == ["a", "c"]
+    # A budget below one entry's size still verifies one entry per call: none is starved.
+    assert cache.verify_next(max_bytes=1) == [("c", "v1", True)]
+    assert cache.verify_next(max_bytes=0) == [("a", "v1", True)]
+    empty = SnapshotCache(tmp_path / "empty", budget_bytes=10**9)
+    assert empty.verify_next(max_bytes=10**9) == []
+
+
+def test_verify_next_refuses_a_negative_budget(tmp_path: Path) -> None:
+    with pytest.raises(ValueError):
+        SnapshotCache(tmp_path / "cache", budget_bytes=10**9).verify_next(max_bytes=-1)

@@ -76,7 +76,7 @@ def test_specs_fit_the_manifest_format() -> None:
             "created_at": "2026-11-27T00:00:00Z",
             "architecture": {"factory": example.architecture.factory, "kwargs": example.architecture.kwargs},
             "weights": {"file": "model.safetensors", "size_bytes": 8, "sha256": "0" * 64, "header_bytes": 0, "tensors": []},
-            "inputs": [{"name": s.name, "dtype": s.dtype, "shape": list(s.shape)} for s in example.inputs],
+            "inputs": [s.to_dict() for s in example.inputs],
             "golden": {"file": "golden.safetensors", "size_bytes": 1, "sha256": "0" * 64,
                        "inputs": [s.name for s in example.inputs], "outputs": ["output"], "rtol": 0, "atol": 0},
         }  # fmt: skip
@@ -139,14 +139,68 @@ def test_factories_build_on_meta_with_real_buffers() -> None:
     assert recsys.score.weight is recsys.item_embedding.weight
 
 
-def test_cached_positional_table_is_a_plain_cpu_tensor() -> None:
+def test_positional_table_is_a_plain_cpu_tensor() -> None:
     from warmstart.snapshot.examples import sinusoidal_positions
 
-    sinusoidal_positions.cache_clear()
     with torch.device("meta"), torch.inference_mode():
         table = sinusoidal_positions(8, 4)
     assert table.device.type == "cpu" and not table.is_inference()
     assert table[0].tolist() == [0.0, 1.0, 0.0, 1.0]
+
+
+def test_nothing_is_cached_per_kwargs() -> None:
+    """A table cached per (max_len, d_model) outlived its model and was counted by no one."""
+    from warmstart.snapshot import examples
+
+    assert not hasattr(examples.sinusoidal_positions, "cache_info")
+    one, two = transformer_example(1).build(), transformer_example(1).build()
+    assert torch.equal(one.positions, two.positions)
+    assert one.positions.untyped_storage().data_ptr() != two.positions.untyped_storage().data_ptr()
+
+
+@pytest.mark.parametrize(
+    ("factory", "kwargs", "match"),
+    [
+        ("transformer", {"max_len": 4_000_000}, "max_len"),
+        ("transformer", {"max_len": 0}, "max_len"),
+        ("transformer", {"max_len": 512.0}, "max_len"),
+        ("transformer", {"d_model": 8192, "num_heads": 8, "max_len": 8192}, "positional table"),
+        ("transformer", {"num_layers": True}, "num_layers"),
+        ("recsys", {"history_len": 10**9}, "history_len"),
+        ("recsys", {"num_items": "many"}, "num_items"),
+    ],
+)  # fmt: skip
+def test_factories_refuse_kwargs_that_would_allocate_unbounded_memory(
+    factory: str, kwargs: dict[str, object], match: str
+) -> None:
+    """kwargs come from a manifest: a factory checks them before it allocates anything."""
+    from warmstart.snapshot.examples import build_recsys_model, build_transformer_encoder
+
+    build = build_transformer_encoder if factory == "transformer" else build_recsys_model
+    with parameters_on_meta(), pytest.raises(ValueError, match=match):
+        build(**kwargs)
+
+
+def test_example_inputs_declare_their_limits() -> None:
+    for example in EXAMPLE_MODELS.values():
+        specs = {s.name: s for s in example.inputs}
+        assert specs["item_ids"].value_range == (0, example.architecture.kwargs["num_items"])
+        assert specs["user_features"].value_range is None
+    encoder = transformer_example(1)
+    specs = {s.name: s for s in encoder.inputs}
+    assert specs["input_ids"].value_range == (0, encoder.architecture.kwargs["vocab_size"])
+    assert specs["attention_mask"].value_range == (0, 2)
+    max_len = encoder.architecture.kwargs["max_len"]
+    assert specs["input_ids"].dim_max == {"seq": max_len} == specs["attention_mask"].dim_max
+
+
+def test_golden_inputs_respect_the_declared_limits() -> None:
+    for example in [*EXAMPLE_MODELS.values(), transformer_example(1)]:
+        inputs = example.golden_inputs(seed=3, batch=4)
+        for spec in example.inputs:
+            if spec.value_range is not None:
+                low, high = spec.value_range
+                assert low <= int(inputs[spec.name].min()) and int(inputs[spec.name].max()) < high
 
 
 def test_build_with_a_seed_is_reproducible_and_leaves_the_global_rng_alone() -> None:

@@ -61,6 +61,18 @@ def test_make_golden_inputs() -> None:
     assert not torch.equal(inputs["x"], other["x"])
 
 
+def test_make_golden_inputs_stay_within_declared_limits() -> None:
+    """Golden inputs are what the health check runs: they must be requests the spec allows."""
+    specs = (
+        InputSpec("ids", "int64", ("batch", "seq"), value_range=(100, 103), dim_max={"batch": 1, "seq": 2}),
+        InputSpec("small", "int8", ("seq",), value_range=(-5, -4)),
+    )
+    inputs = make_golden_inputs(specs, seed=0, batch=3)
+    assert inputs["ids"].shape == (1, 2)
+    assert 100 <= int(inputs["ids"].min()) and int(inputs["ids"].max()) < 103
+    assert inputs["small"].shape == (DYNAMIC_DIM_SIZE,) and bool((inputs["small"] == -5).all())
+
+
 def test_make_golden_inputs_leaves_global_rng_alone() -> None:
     torch.manual_seed(123)
     expected = torch.rand(1)

@@ -138,3 +138,61 @@ def test_size_or_header_length_disagreeing(tmp_path: Path) -> None:
         check_against_manifest(
             path, _with_tensors(manifest, manifest.weights.tensors, header_bytes=manifest.weights.header_bytes + 8)
         )
+
+
+# --- hardening: nesting, ranks, dimensions, counts --------------------------------------------
+
+
+def _raw_text(body: bytes, data: bytes = b"") -> bytes:
+    return struct.pack("<Q", len(body)) + body + data
+
+
+def test_deeply_nested_header_is_a_header_error() -> None:
+    """100k levels of nesting used to escape as an untyped RecursionError."""
+    body = b'{"a": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    with pytest.raises(SafetensorsHeaderError, match="levels deep.*limit"):
+        parse(_raw_text(body))
+
+
+def test_header_rank_is_bounded() -> None:
+    blob = raw_file({"a": {"dtype": "U8", "shape": [1] * 65, "data_offsets": [0, 1]}}, bytes(1))
+    with pytest.raises(SafetensorsHeaderError, match="65 dimensions.*limit of 64"):
+        parse(blob)
+
+
+def test_a_million_dimension_header_shape_fails_on_its_rank() -> None:
+    blob = raw_file({"a": {"dtype": "U8", "shape": [2] * 1_000_000, "data_offsets": [0, 1]}}, bytes(1))
+    with pytest.raises(SafetensorsHeaderError, match="1000000 dimensions") as info:
+        parse(blob)
+    assert len(str(info.value)) < 500
+
+
+def test_header_dimension_is_bounded() -> None:
+    blob = raw_file({"a": {"dtype": "U8", "shape": [2**62, 0], "data_offsets": [0, 0]}}, b"")
+    with pytest.raises(SafetensorsHeaderError, match="over the limit"):
+        parse(blob)
+
+
+def test_header_tensor_count_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    from warmstart.snapshot import header as header_module
+
+    monkeypatch.setattr(header_module, "MAX_TENSORS", 2)
+    entries = {f"t{i}": {"dtype": "U8", "shape": [1], "data_offsets": [i, i + 1]} for i in range(3)}
+    with pytest.raises(SafetensorsHeaderError, match="3 tensors.*limit of 2"):
+        parse(raw_file(entries, bytes(3)))
+
+
+def test_header_that_is_not_utf8() -> None:
+    with pytest.raises(SafetensorsHeaderError, match="UTF-8"):
+        parse(_raw_text(b'{"\xff": 1}'))
+
+
+def test_long_names_and_values_give_short_messages() -> None:
+    blob = raw_file({"a": {"dtype": "X" * 100_000, "shape": [1], "data_offsets": [0, 1]}}, bytes(1))
+    with pytest.raises(SafetensorsHeaderError) as info:
+        parse(blob)
+    assert len(str(info.value)) < 500
+    blob = raw_file({"n" * 100_000: {"dtype": "U8", "shape": [2], "data_offsets": [0, 1]}}, bytes(1))
+    with pytest.raises(SafetensorsHeaderError) as info:
+        parse(blob)
+    assert len(str(info.value)) < 500

@@ -16,7 +16,7 @@ def test_safe_names_pass(name: str) -> None:
 @pytest.mark.parametrize(
     "name",
     ["", "a/b", "../etc", "..", "a..b", ".hidden", "-dash", "_under", "x" * 65, "sp ace",
-     "tab\t", "new\nline", "é", "a\\b", "a:b", "*"],
+     "tab\t", "new\nline", "é", "a\\b", "a:b", "*", "m\n", "v1\n", "x" * 64 + "\n"],
 )  # fmt: skip
 def test_unsafe_names_are_refused(name: str) -> None:
     with pytest.raises(InvalidNameError, match="not allowed"):

@@ -32,10 +32,11 @@ def store(tmp_path: Path) -> LocalStore:
     return LocalStore(tmp_path / "store")
 
 
-def publish(store: LocalStore, version: str = "v1", seed: int = 0, **kwargs: object):  # type: ignore[no-untyped-def]
+def publish(store: LocalStore, version: str = "v1", seed: int = 0, inputs_override: object = None, **kwargs: object):  # type: ignore[no-untyped-def]
     torch.manual_seed(seed)
     options = {"show_progress": False, "allowed_architectures": tiny.TINY_FACTORIES, **kwargs}
-    return publish_module(store, "tiny", version, tiny.build_tiny_mlp(), tiny.MLP, tiny.MLP_INPUTS, **options)  # type: ignore[arg-type]
+    inputs = tiny.MLP_INPUTS if inputs_override is None else inputs_override
+    return publish_module(store, "tiny", version, tiny.build_tiny_mlp(), tiny.MLP, inputs, **options)  # type: ignore[arg-type]
 
 
 def test_publish_writes_a_complete_snapshot(store: LocalStore, tmp_path: Path) -> None:
@@ -313,3 +314,46 @@ def test_republish_restores_a_missing_live_alias(store: LocalStore) -> None:
     store.delete("snapshots/tiny/_aliases/live.json")  # as if the first publish died before it
     publish(store)
     assert catalog.get_alias(store, "tiny") == "v1"
+
+
+# --- input specs with limits ------------------------------------------------------------------
+
+
+def test_input_limits_are_published(store: LocalStore) -> None:
+    inputs = [{"name": "x", "dtype": "float32", "shape": ["batch", 4], "dim_max": {"batch": 64}}]
+    manifest = publish(store, inputs_override=inputs)
+    assert manifest.inputs[0].dim_max == {"batch": 64} and manifest.inputs[0].value_range is None
+    published = json.loads(store.get_bytes("snapshots/tiny/v1/manifest.json"))
+    assert published["inputs"] == inputs
+
+
+@pytest.mark.parametrize(
+    ("spec", "match"),
+    [
+        ({"name": "x", "dtype": "float32", "shape": ["batch", 4], "value_range": (0, 10)}, "integer dtypes"),
+        ({"name": "x", "dtype": "float32", "shape": ["batch", 4], "dim_max": {"seq": 8}}, "not a dynamic dimension"),
+        ({"name": "x", "dtype": "float32", "shape": ["batch", 4], "dim_max": {"batch": 0}}, ">= 1"),
+        ({"name": "x", "dtype": "float32", "shape": ["batch", 4], "valuerange": (0, 1)}, "unknown"),
+        ({"name": "x\n", "dtype": "float32", "shape": ["batch", 4]}, "identifier"),
+        ({"name": "x", "dtype": "float32", "shape": ["batch"] * 65}, "65 dimensions"),
+    ],
+)  # fmt: skip
+def test_as_input_specs_checks_limits_strictly(spec: dict[str, object], match: str) -> None:
+    from warmstart.snapshot.publish import as_input_specs
+
+    with pytest.raises(ManifestError, match=match):
+        as_input_specs([spec])
+
+
+def test_as_input_specs_checks_spec_objects_too() -> None:
+    from warmstart.snapshot.manifest import InputSpec
+    from warmstart.snapshot.publish import as_input_specs
+
+    good = InputSpec("ids", "int64", ("batch", 8), value_range=(0, 100), dim_max={"batch": 32})
+    assert as_input_specs([good]) == (good,)
+    assert as_input_specs([{"name": "ids", "dtype": "int64", "shape": ("batch", 8), "value_range": (0, 100),
+                            "dim_max": {"batch": 32}}]) == (good,)  # fmt: skip
+    with pytest.raises(ManifestError, match="integer dtypes"):
+        as_input_specs([InputSpec("x", "float32", ("batch",), value_range=(0, 1))])
+    with pytest.raises(ManifestError, match="low < high"):
+        as_input_specs([InputSpec("x", "int32", ("batch",), value_range=(3, 3))])

@@ -149,11 +149,39 @@ def test_tied_weights_stay_tied(tmp_path: Path) -> None:
     assert len(list(restored.parameters())) == len(names)
 
 
-def test_module_nbytes_counts_shared_weights_once(tmp_path: Path) -> None:
+def test_module_nbytes_counts_what_the_module_holds(tmp_path: Path) -> None:
+    """Every weight views one mapping of the whole file (header included): counted once, with
+    the non-persistent buffer that was computed for real."""
     _, path, manifest = publish(tmp_path, RECSYS)
     restored = restore_model(path, manifest)
-    weights = sum(t.nbytes for t in manifest.weights.tensors)
-    assert module_nbytes(restored) == weights + restored.recency.numel() * 4
+    assert module_nbytes(restored) == manifest.weights.size_bytes + restored.recency.numel() * 4
+
+
+def test_module_nbytes_counts_computed_buffers(tmp_path: Path) -> None:
+    _, path, manifest = publish(tmp_path, ENCODER)
+    restored = restore_model(path, manifest)
+    positions = restored.positions.numel() * 4
+    assert positions > 0
+    assert module_nbytes(restored) == manifest.weights.size_bytes + positions
+
+
+class _Holder(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        big = torch.zeros(1000)
+        self.register_buffer("window", big[:10], persistent=False)  # holds all of big
+        self.a = torch.nn.Parameter(torch.zeros(4))
+        self.b = torch.nn.Parameter(torch.zeros(8))
+        self.b.data = self.a.data.new_empty(0).set_(self.a.untyped_storage(), 0, (2,))  # views a
+        self.stash = torch.ones(25, dtype=torch.float64)  # a plain attribute still holds memory
+        self.ghost = torch.nn.Parameter(torch.zeros(10**6, device="meta"))  # holds nothing
+
+
+def test_module_nbytes_counts_storages_not_views() -> None:
+    """A view of a large tensor keeps the whole storage alive; two views of one are one."""
+    holder = _Holder()
+    assert module_nbytes(holder) == 1000 * 4 + 4 * 4 + 25 * 8
+    assert module_nbytes(torch.nn.Linear(2, 3)) == (6 + 3) * 4
 
 
 def test_restore_without_populate_and_without_manifest(tmp_path: Path) -> None:
@@ -372,6 +400,10 @@ def test_restore_to_cuda(tmp_path: Path) -> None:
     restored = restore_model(path, manifest, device="cuda")
     assert all(p.is_cuda for p in restored.parameters())
     assert restored.score.weight is restored.item_embedding.weight
+    # On the device each weight has its own storage (the file's mapping is released); the
+    # tied one counts once, the computed buffer too.
+    weights = sum(t.nbytes for t in manifest.weights.tensors)
+    assert module_nbytes(restored) == weights + restored.recency.numel() * 4
     inputs = RECSYS.golden_inputs()
     with torch.inference_mode():
         out = restored(**{k: v.cuda() for k, v in inputs.items()}).cpu()
