@@ -14,10 +14,15 @@ Wire protocol for any Celery client (see docs/workers.md)::
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from typing import Any
 
 from celery import Celery
+from kombu import serialization
+from kombu.utils import json as kombu_json
 
+from warmstart.infra.errors import InvalidInputError, PayloadTooLargeError, WarmstartError
 from warmstart.infra.settings import Settings, load_settings
 
 TASK_INFER = "warmstart.infer"
@@ -66,7 +71,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         },
         "task_default_queue": "warmstart.default",
         "task_create_missing_queues": True,
-        "result_expires": 3600,
+        # Clients delete an answer once they have read it; one nobody reads goes after this.
+        "result_expires": settings.result_ttl_s,
         "result_extended": False,
         "broker_connection_retry_on_startup": True,
         "worker_hijack_root_logger": False,
@@ -103,6 +109,74 @@ def app_settings(celery_app: Celery) -> Settings:
         settings = load_settings()
         celery_app.warmstart_settings = settings  # type: ignore[attr-defined]
     return settings
+
+
+# --- message size ----------------------------------------------------------------------------
+
+#: Bytes a task message carries on the broker besides its base64 body: kombu's JSON envelope
+#: with Celery's headers (ids, the task name, argsrepr/kwargsrepr of at most 1 KiB each).
+ENVELOPE_OVERHEAD_BYTES = 8 * 1024
+
+
+def broker_message_bytes(body_bytes: int) -> int:
+    """About the size of a task message in Redis whose JSON body is ``body_bytes`` long:
+    kombu's Redis transport stores the body base64-encoded inside a JSON envelope."""
+    return 4 * math.ceil(body_bytes / 3) + ENVELOPE_OVERHEAD_BYTES
+
+
+class RefusedMessage:
+    """Stands in for the arguments of a task message the worker would not decode (too large,
+    or nested too deeply): the task answers with :attr:`error` instead of running."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: WarmstartError) -> None:
+        self.error = error
+
+    def __repr__(self) -> str:
+        return f"RefusedMessage({type(self.error).__name__}: {self.error})"
+
+
+def limited_json_loads(max_bytes: int) -> Callable[[bytes | str], Any]:
+    """kombu's JSON decoder, refusing a body over ``max_bytes`` without decoding it.
+
+    A refused body (or one nested deeper than Python's JSON decoder goes) decodes to the
+    arguments ``([RefusedMessage(error)], {}, {})`` of a Celery task message, so that the
+    task is still run, answers the typed error and is acknowledged once, instead of the
+    message being dropped with a decode error and its client waiting for nothing.
+    """
+
+    def loads(data: bytes | str) -> Any:
+        if len(data) > max_bytes:
+            return _refused(
+                PayloadTooLargeError(
+                    f"the message is {len(data)} bytes, over the workers' limit of {max_bytes} "
+                    "(WARMSTART_MAX_MESSAGE_BYTES); send smaller batches, as base64 tensors rather "
+                    "than nested lists"
+                )
+            )
+        try:
+            return kombu_json.loads(data)
+        except RecursionError:
+            return _refused(
+                InvalidInputError("the message's JSON is nested too deeply to decode; send tensors as "
+                                  '{"dtype", "shape", "data"} objects')
+            )
+
+    return loads
+
+
+def _refused(error: WarmstartError) -> tuple[list[Any], dict[str, Any], dict[str, Any]]:
+    return [RefusedMessage(error)], {}, {}
+
+
+def install_message_limit(max_bytes: int) -> None:
+    """Make this process's JSON decoder refuse messages over ``max_bytes`` (workers only:
+    a client decodes answers, which are bounded by the broker instead)."""
+    serialization.register(
+        "json", kombu_json.dumps, limited_json_loads(max_bytes),
+        content_type="application/json", content_encoding="utf-8",
+    )  # fmt: skip
 
 
 #: The process-wide app, on which the worker's tasks register. Configured lazily from WARMSTART_*.

@@ -20,6 +20,10 @@ import urllib.request
 from types import TracebackType
 
 from warmstart.infra.errors import ServiceError
+from warmstart.infra.settings import load_settings
+
+#: The smallest proto-max-bulk-len redis-server accepts.
+MIN_MESSAGE_BYTES = 1024 * 1024
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -64,9 +68,12 @@ class _ChildService:
 
     name = "service"
 
-    def __init__(self) -> None:
+    def __init__(self, port: int | None = None) -> None:
         self.host = "127.0.0.1"
         self.port = 0
+        #: Listen on this port at every start (None: a free one each time), so that a service
+        #: stopped and started again keeps its URL (the fault benchmark restarts them).
+        self.fixed_port = port
         self.process: subprocess.Popen[bytes] | None = None
         self._log = tempfile.TemporaryFile()
 
@@ -77,7 +84,7 @@ class _ChildService:
         raise NotImplementedError
 
     def start(self, timeout_s: float = 30.0) -> "_ChildService":
-        self.port = free_port(self.host)
+        self.port = self.fixed_port or free_port(self.host)
         self.process = subprocess.Popen(
             self._command(),
             stdout=self._log,
@@ -113,12 +120,23 @@ class _ChildService:
 
 
 class EmbeddedRedis(_ChildService):
-    """A private redis-server: no persistence, loopback only."""
+    """A private redis-server: no persistence, loopback only, no message (bulk string) over
+    ``max_message_bytes`` (default: ``WARMSTART_MAX_MESSAGE_BYTES``, at least 1 MiB)."""
 
     name = "redis-server"
 
-    def __init__(self, binary: str | None = None) -> None:
-        super().__init__()
+    def __init__(
+        self, binary: str | None = None, max_message_bytes: int | None = None, port: int | None = None
+    ) -> None:
+        super().__init__(port)
+        if max_message_bytes is None:
+            max_message_bytes = load_settings().max_message_bytes
+        if max_message_bytes < MIN_MESSAGE_BYTES:
+            raise ServiceError(
+                f"max_message_bytes {max_message_bytes} is below the {MIN_MESSAGE_BYTES} bytes that "
+                "redis-server accepts as proto-max-bulk-len; raise WARMSTART_MAX_MESSAGE_BYTES"
+            )
+        self.max_message_bytes = max_message_bytes
         self.binary = binary or find_redis_server()
         self._dir = tempfile.mkdtemp(prefix="warmstart-redis-")
 
@@ -131,6 +149,7 @@ class EmbeddedRedis(_ChildService):
             self.binary, "--port", str(self.port), "--bind", self.host,
             "--save", "", "--appendonly", "no", "--dir", self._dir,
             "--protected-mode", "yes", "--loglevel", "warning",
+            "--proto-max-bulk-len", str(self.max_message_bytes),
         ]  # fmt: skip
 
     def _ready(self) -> bool:

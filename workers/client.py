@@ -20,11 +20,20 @@ from celery import Celery
 from celery.exceptions import TimeoutError as CeleryTimeoutError
 from celery.result import AsyncResult
 
-from warmstart.infra.celery_app import PREWARM_QUEUE, TASK_INFER, TASK_PREWARM, create_app, infer_queue
+from warmstart.infra.celery_app import (
+    PREWARM_QUEUE,
+    TASK_INFER,
+    TASK_PREWARM,
+    broker_message_bytes,
+    create_app,
+    infer_queue,
+)
 from warmstart.infra.errors import (
     InferenceTimeoutError,
     InvalidInputError,
+    PayloadTooLargeError,
     SnapshotNotFoundError,
+    StoreError,
     UnknownModelError,
     WarmstartError,
     error_from_dict,
@@ -36,29 +45,57 @@ from warmstart.snapshot.catalog import resolve_version
 from warmstart.snapshot.names import validate_name
 from warmstart.snapshot.stores import open_store
 from warmstart.workers.registry import WorkerRegistry
-from warmstart.workers.wire import check_payload_size, decode_outputs, encode_tensor
+from warmstart.workers.wire import base64_length, decode_outputs, encode_tensor, input_nbytes
 
 log = logging.getLogger(__name__)
 
 #: How long a positive "this model is published" answer is trusted.
 KNOWN_MODEL_TTL_S = 30.0
+#: After the store failed to answer, how long requests for models no worker serves are sent
+#: without asking it again (each ask would wait for its connect timeout).
+STORE_RETRY_S = 5.0
 #: How long "a worker serves this model" is trusted. A request sent in that second to a model
 #: whose worker just stopped serving it is not lost: the worker asks for a pre-warm when it
 #: leaves with requests waiting (ModelPool.rescue_queue), the beat does for any queue with
 #: requests and no worker, and the next request after the second sends one itself.
 HOT_TTL_S = 1.0
+#: JSON of an infer task's body around its inputs (task arguments, names, brackets).
+_BODY_OVERHEAD_BYTES = 256
 
 
-def encoded_size(payload: Mapping[str, Any]) -> int:
-    """About the encoded size of a request: the base64 data of tensors, the JSON of the rest
-    (without serialising megabytes of base64 a second time)."""
-    total = 0
-    for value in payload.values():
-        if isinstance(value, dict) and isinstance(value.get("data"), str):
-            total += len(value["data"]) + 64
+def check_request_size(inputs: Mapping[str, Any], *, max_payload_bytes: int, max_message_bytes: int) -> None:
+    """Refuse, before encoding or sending anything, a request a worker would refuse: tensors
+    (and ``{"dtype", "shape", "data"}`` objects, by their declared shape) totalling more than
+    ``max_payload_bytes``, or a message larger than ``max_message_bytes`` on the broker.
+
+    Raises:
+        PayloadTooLargeError: naming the limit and its setting.
+        InvalidInputError: an input that cannot be sent (a malformed wire object, not JSON).
+    """
+    tensor_bytes = 0
+    body = _BODY_OVERHEAD_BYTES
+    for name, value in inputs.items():
+        nbytes = input_nbytes(name, value, max_payload_bytes)
+        if nbytes is not None:
+            tensor_bytes += nbytes
+            data = value.get("data") if isinstance(value, dict) else None
+            body += (len(data) if isinstance(data, str) else base64_length(nbytes)) + 96 + len(name)
         else:
-            total += len(json.dumps(value))
-    return total
+            try:
+                body += len(json.dumps(value)) + 8 + len(name)
+            except (TypeError, ValueError) as e:
+                raise InvalidInputError(f"input {name!r} cannot be sent as JSON: {e}") from e
+        if tensor_bytes > max_payload_bytes:
+            raise PayloadTooLargeError(
+                f"the inputs total more than {max_payload_bytes} bytes (WARMSTART_MAX_PAYLOAD_BYTES); "
+                "send smaller batches"
+            )
+    message = broker_message_bytes(body)
+    if message > max_message_bytes:
+        raise PayloadTooLargeError(
+            f"the request would be about {message} bytes on the broker, over WARMSTART_MAX_MESSAGE_BYTES "
+            f"({max_message_bytes}); send smaller batches, as tensors rather than nested lists"
+        )
 
 
 class PendingInference:
@@ -70,26 +107,43 @@ class PendingInference:
         self.default_timeout_s = default_timeout_s
         #: True when no worker held the model HOT as the request was sent (a cold start).
         self.cold = cold
+        self._answer: dict[str, Any] | None = None
 
     @property
     def id(self) -> str:
         return str(self.result.id)
 
     def raw(self, timeout_s: float | None = None) -> dict[str, Any]:
-        """The worker's JSON answer (outputs still encoded), or the typed error raised."""
-        wait = self.default_timeout_s if timeout_s is None else timeout_s
+        """The worker's JSON answer (outputs still encoded), or the typed error raised.
+
+        Once read, the answer is deleted from Redis (it is kept here for later calls); an
+        answer nobody reads expires after ``WARMSTART_RESULT_TTL_S``.
+        """
+        if self._answer is None:
+            wait = self.default_timeout_s if timeout_s is None else timeout_s
+            try:
+                answer = self.result.get(timeout=wait, propagate=True, interval=0.005)
+            except CeleryTimeoutError as e:
+                raise InferenceTimeoutError(
+                    f"no answer from {self.model!r} within {wait}s; the request stays queued and will "
+                    "still be answered. Is a worker running (`warmstart status`)?"
+                ) from e
+            except Exception:  # a task failure Celery stored: read, so delete it too
+                self._forget()
+                raise
+            self._forget()
+            if not isinstance(answer, dict):
+                raise WarmstartError(f"unexpected answer from the worker: {answer!r}")
+            self._answer = answer
+        if not self._answer.get("ok"):
+            raise error_from_dict(self._answer.get("error", {}))
+        return self._answer
+
+    def _forget(self) -> None:
         try:
-            answer = self.result.get(timeout=wait, propagate=True, interval=0.005)
-        except CeleryTimeoutError as e:
-            raise InferenceTimeoutError(
-                f"no answer from {self.model!r} within {wait}s; the request stays queued and will "
-                "still be answered. Is a worker running (`warmstart status`)?"
-            ) from e
-        if not isinstance(answer, dict):
-            raise WarmstartError(f"unexpected answer from the worker: {answer!r}")
-        if not answer.get("ok"):
-            raise error_from_dict(answer.get("error", {}))
-        return answer
+            self.result.forget()
+        except Exception as e:  # the answer is in hand; the TTL removes it from Redis anyway
+            log.warning("could not delete the answer to %s from Redis: %s", self.id, e)
 
     def get(self, timeout_s: float | None = None) -> dict[str, torch.Tensor]:
         """The model's outputs as tensors."""
@@ -150,20 +204,28 @@ class Client:
         self.arrivals = ArrivalBuffer(self.traffic)
         self._store = None
         self._known: dict[str, float] = {}
+        self._store_down_until = 0.0
         self._hot_until: dict[str, float] = {}
         self._lock = threading.Lock()
 
     def _check_published(self, model: str) -> None:
+        """Refuse a model the store says is not published. A store that cannot be asked is
+        no reason to refuse: the request is sent anyway (a worker that holds the model can
+        serve it, and one that cannot answers the cause)."""
         now = time.monotonic()
-        if self._known.get(model, 0.0) > now:
+        if self._known.get(model, 0.0) > now or self._store_down_until > now:
             return
-        with self._lock:
-            if self._store is None:
-                self._store = open_store(self.settings)
         try:
+            with self._lock:
+                if self._store is None:
+                    self._store = open_store(self.settings)
             resolve_version(self._store, model, "live")
         except SnapshotNotFoundError as e:
             raise UnknownModelError(f"model {model!r} is not published: {e}") from e
+        except StoreError as e:
+            self._store_down_until = now + STORE_RETRY_S
+            log.warning("could not ask the store whether %r is published (%s); sending the request anyway", model, e)
+            return
         self._known[model] = now + KNOWN_MODEL_TTL_S
 
     def _served(self, model: str) -> bool:
@@ -188,19 +250,31 @@ class Client:
         sends one lazy pre-warm that a worker with room takes: the request waits in its queue
         and is answered as soon as a worker joins it.
 
+        The store is asked whether the model is published only when no worker serves it:
+        serving what is HOT does not depend on the store.
+
         Raises:
             InvalidNameError: the model name is not a safe name.
-            UnknownModelError: no such model is published.
-            PayloadTooLargeError: the encoded request is far over the size limit.
+            UnknownModelError: no worker serves the model and the store says it is not published.
+            PayloadTooLargeError: the request is over WARMSTART_MAX_PAYLOAD_BYTES or
+                WARMSTART_MAX_MESSAGE_BYTES (checked before anything is encoded).
         """
         validate_name(model)
-        self._check_published(model)
-        payload = self.encode_inputs(inputs)
-        check_payload_size(encoded_size(payload), self.settings.max_payload_bytes)
-        self.arrivals.add(model)
+        if not isinstance(inputs, Mapping):
+            raise InvalidInputError("inputs must map input names to tensors or nested lists")
         cold = not self._served(model)
-        if cold and self.registry.claim_prewarm(model, self.settings.prewarm_claim_s):
-            self.app.send_task(TASK_PREWARM, kwargs={"model": model, "tier": "HOT", "lazy": True}, queue=PREWARM_QUEUE)
+        if cold:
+            self._check_published(model)
+        check_request_size(
+            inputs, max_payload_bytes=self.settings.max_payload_bytes, max_message_bytes=self.settings.max_message_bytes
+        )
+        payload = self.encode_inputs(inputs)
+        self.arrivals.add(model)
+        claim = self.registry.claim_prewarm(model, self.settings.prewarm_claim_s) if cold else None
+        if claim:
+            # The claim's token is the task's id: the pre-warm releases its own claim, no other.
+            self.app.send_task(TASK_PREWARM, kwargs={"model": model, "tier": "HOT", "lazy": True},
+                               queue=PREWARM_QUEUE, task_id=claim)  # fmt: skip
         result = self.app.send_task(TASK_INFER, kwargs={"model": model, "inputs": payload}, queue=infer_queue(model))
         wait_s = self.settings.inference_timeout_s if timeout_s is None else timeout_s
         return PendingInference(result, model, wait_s, cold=cold)
