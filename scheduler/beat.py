@@ -3,13 +3,17 @@ planner (pure code), and sends the difference as tasks to each worker's control 
 
 One tick:
 
-1. take (or keep) the leader lease — only one beat acts at a time, however many run;
-2. read alive and dead workers (missed heartbeats) and what each holds at which tier;
-3. feed each model's newly completed traffic minutes through the policy, whose state is
-   kept in Redis as JSON, to get its demand for the next minute;
-4. plan placements by value per byte within each worker's budgets (dead workers' models
+1. take (or keep) the leader lease — only one beat acts at a time, however many run
+   (:mod:`warmstart.scheduler.lease`);
+2. read the catalog of published models (:mod:`warmstart.scheduler.catalog`: while the store
+   cannot be read, the last catalog, plus what the workers hold, and one warning);
+3. read alive and dead workers (missed heartbeats) and what each holds at which tier;
+4. feed each model's newly completed traffic minutes through the policy, whose state is
+   kept in Redis as JSON, to get its demand for the next minute; a model that a request
+   just warmed keeps at least its policy's first-gap hold (:mod:`warmstart.scheduler.holds`);
+5. plan placements by value per byte within each worker's budgets (dead workers' models
    are placed on live ones), with hysteresis;
-5. send ``prewarm`` / ``demote`` to the workers concerned (not again while one is in
+6. send ``prewarm`` / ``demote`` to the workers concerned (not again while one is in
    flight), keep-warm pings for models that stay HOT, and a health-check fan-out.
 
 Why not Celery's own beat: its entries only enqueue tasks for workers to run, whereas the
@@ -25,7 +29,7 @@ import socket
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from celery import Celery
@@ -39,31 +43,22 @@ from warmstart.infra.celery_app import (
     control_queue,
     create_app,
 )
-from warmstart.infra.errors import SnapshotError, WarmstartError
+from warmstart.infra.errors import WarmstartError
 from warmstart.infra.redis_client import connect, key, redis_errors
 from warmstart.infra.settings import Settings
+from warmstart.scheduler.catalog import Catalog
 from warmstart.scheduler.costs import ModelCosts, default_to_hot_s
+from warmstart.scheduler.holds import first_gap_hold, needs_hold, warmer
+from warmstart.scheduler.lease import Lease
 from warmstart.scheduler.planner import ModelDemand, Plan, PlanConfig, WorkerState, plan
 from warmstart.scheduler.policies import ModelContext, TrafficState, make_policy
 from warmstart.infra.tiers import Tier, policy_tier
 from warmstart.scheduler.policies.base import Decision
 from warmstart.scheduler.traffic import TrafficRecorder
-from warmstart.snapshot.catalog import list_models, read_manifest, resolve_version
 from warmstart.snapshot.stores import open_store
 from warmstart.workers.registry import WorkerRegistry
 
 log = logging.getLogger(__name__)
-
-# Renew the lease only if we still hold it (compare and extend, atomically).
-_RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return 0
-"""
-
-#: How long the catalog of published models (names and sizes) is trusted.
-CATALOG_TTL_S = 30.0
 
 
 #: Each tier's step towards HOT, and the worker transitions that make it up.
@@ -95,6 +90,20 @@ class TickReport:
     sent: list[dict[str, Any]] = field(default_factory=list)
     dead_workers: list[str] = field(default_factory=list)
     unplaced: list[str] = field(default_factory=list)
+    store_outage: str | None = None  # why the catalog is the last one read, when it is
+
+
+@dataclass
+class ClusterView:
+    """What the workers report, as one tick reads it from the registry."""
+
+    workers: list[WorkerState]
+    dead: list[str]
+    alive: dict[str, dict[str, Any]]
+    #: Model -> its size as a worker reports it (for planning when the store is unreadable).
+    sizes: dict[str, int] = field(default_factory=dict)
+    #: Model -> when it became HOT by a lazy (request) warm-up on a live worker (the latest).
+    warmed_at: dict[str, float] = field(default_factory=dict)
 
 
 class BeatScheduler:
@@ -108,10 +117,9 @@ class BeatScheduler:
         self.traffic = TrafficRecorder(self.client, settings.traffic_retention_min, settings.traffic_minute_s)
         self.policy = make_policy(settings.policy)
         self.store = open_store(settings)
+        self.catalog_reader = Catalog(self.store, settings.catalog_ttl_s)
         self.id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        self._renew = self.client.register_script(_RENEW)
-        self._catalog: dict[str, int] = {}
-        self._catalog_at = -1e9
+        self.lease = Lease(self.client, key("beat", "leader"), self.id)
         self._in_flight: dict[tuple[str, str], tuple[str, float]] = {}
         self._placed_at: dict[tuple[str, str], tuple[str, int]] = {}
         self._last_keep_warm = -1e9
@@ -122,37 +130,24 @@ class BeatScheduler:
 
     def acquire_lease(self) -> bool:
         """True while this beat is the one that acts (lease renewed on every tick)."""
-        ttl_ms = int(max(3 * self.settings.plan_interval_s, 5.0) * 1000)
-        name = key("beat", "leader")
-        with redis_errors(self.client, "taking the beat lease"):
-            if self.client.set(name, self.id, nx=True, px=ttl_ms):
-                return True
-            return bool(self._renew(keys=[name], args=[self.id, ttl_ms]))
+        return self.lease.acquire(int(max(3 * self.settings.plan_interval_s, 5.0) * 1000))
 
     def release_lease(self) -> None:
-        with redis_errors(self.client, "releasing the beat lease"):
-            if self.client.get(key("beat", "leader")) == self.id:
-                self.client.delete(key("beat", "leader"))
+        """Give the lease up, if this beat still holds it (compare and delete)."""
+        self.lease.release()
 
     # --- inputs ---------------------------------------------------------------------------
 
     def catalog(self) -> dict[str, int]:
-        """Published models and their sizes in bytes (refreshed every CATALOG_TTL_S)."""
-        if time.monotonic() - self._catalog_at < CATALOG_TTL_S:
-            return self._catalog
-        sizes: dict[str, int] = {}
-        for model in list_models(self.store):
-            try:
-                manifest = read_manifest(self.store, model, resolve_version(self.store, model))
-            except SnapshotError as e:
-                log.warning("skipping model %s: %s", model, e)
-                continue
-            sizes[model] = manifest.weights.size_bytes
-        self._catalog, self._catalog_at = sizes, time.monotonic()
-        return sizes
+        """Published models and their sizes in bytes (read again every ``catalog_ttl_s``;
+        the last read while the store cannot be read)."""
+        return self.catalog_reader.sizes()
 
     def demand(self, model: str, context: ModelContext, now_min: int) -> Decision:
         """Feed the completed minutes since the last tick through the policy; its decision."""
+        return self._demand(model, context, now_min)[0]
+
+    def _demand(self, model: str, context: ModelContext, now_min: int) -> tuple[Decision, TrafficState]:
         state_key = key("policy", self.policy.name, model)
         with redis_errors(self.client, f"reading the policy state of {model!r}"):
             raw = self.client.get(state_key)
@@ -171,17 +166,22 @@ class BeatScheduler:
             record = {"state": state.to_dict(), "decision": {"tier": decision.tier.name, "arrival_prob": decision.arrival_prob}}
             with redis_errors(self.client, f"saving the policy state of {model!r}"):
                 self.client.set(state_key, json.dumps(record))
-        return decision or Decision(Tier.REMOTE, 0.0)
+        return decision or Decision(Tier.REMOTE, 0.0), state
 
-    def worker_states(self, now_min: int) -> tuple[list[WorkerState], list[str], dict[str, dict[str, Any]]]:
+    def worker_states(self, now_min: int) -> ClusterView:
+        """The workers as the planner sees them, and what they report of their models."""
         alive, dead = self.registry.workers()
-        states: list[WorkerState] = []
+        view = ClusterView([], dead, alive)
         for name in sorted(alive) + dead:
             info = alive.get(name, {})
             budgets = info.get("budgets", {})
             tiers: dict[str, str] = {}
             placed: dict[str, int] = {}
             for model, state in self.registry.models_of(name).items():
+                if int(state.get("size_bytes") or 0) > 0:
+                    view.sizes.setdefault(model, int(state["size_bytes"]))
+                if name in alive and _request_warmed(state):
+                    view.warmed_at[model] = max(float(state["hot_at"]), view.warmed_at.get(model, 0.0))
                 try:
                     tier = policy_tier(state.get("tier", "")).name
                 except ValueError:
@@ -192,7 +192,7 @@ class BeatScheduler:
                     seen_tier, since = self._placed_at.get((name, model), (tier, now_min))
                     self._placed_at[(name, model)] = (tier, since if seen_tier == tier else now_min)
                     placed[model] = self._placed_at[(name, model)][1]
-            states.append(
+            view.workers.append(
                 WorkerState(
                     name=name,
                     device_budget_bytes=int(budgets.get("device_bytes", 0)),
@@ -203,7 +203,7 @@ class BeatScheduler:
                     alive=name in alive,
                 )
             )
-        return states, dead, alive
+        return view
 
     # --- one tick -------------------------------------------------------------------------
 
@@ -214,9 +214,16 @@ class BeatScheduler:
             return TickReport(leader=False)
         now_min = self.traffic.minute_of(now_s)
         report = TickReport(leader=True, now_min=now_min)
-        catalog = self.catalog()
-        workers, dead, alive = self.worker_states(now_min)
+        catalog = dict(self.catalog())
+        view = self.worker_states(now_min)
+        workers, dead, alive = view.workers, view.dead, view.alive
         report.dead_workers = dead
+        if not self.catalog_reader.current:
+            # The store cannot be read: what the workers hold is published too (or was), and
+            # must not be dropped for want of a catalog.
+            report.store_outage = self.catalog_reader.outage or "the store was never read"
+            for model, size in view.sizes.items():
+                catalog.setdefault(model, size)
         reference = int(sum(catalog.values()) / len(catalog)) if catalog else None
         demands: list[ModelDemand] = []
         costs: dict[str, ModelCosts] = {}
@@ -225,9 +232,12 @@ class BeatScheduler:
             to_hot = to_hot_from_measured(self.registry.transition_costs(model), size)
             costs[model] = ModelCosts(model, size, to_hot)
             context = ModelContext(model=model, to_hot_s=to_hot, size_bytes=size, reference_bytes=reference)
-            decision = self.demand(model, context, now_min)
+            decision, state = self._demand(model, context, now_min)
+            report.decisions[model] = {}
+            if model in view.warmed_at:
+                decision = self._request_hold(decision, state, context, view.warmed_at[model], now_min, report)
             demands.append(ModelDemand(model, decision.tier, decision.arrival_prob, eager=model in eager))
-            report.decisions[model] = {"tier": decision.tier.name, "arrival_prob": round(decision.arrival_prob, 4)}
+            report.decisions[model].update(tier=decision.tier.name, arrival_prob=round(decision.arrival_prob, 4))
         result = plan(demands, workers, costs, PlanConfig(profile=self.settings.profile, now_min=now_min))
         self._rescue_stranded(catalog, report)
         report.unplaced = list(result.unplaced)
@@ -238,6 +248,19 @@ class BeatScheduler:
         self._forget(set(dead), now_s)
         self._fan_out(result, alive, report)
         return report
+
+    def _request_hold(self, decision: Decision, state: TrafficState, context: ModelContext,
+                      hot_at: float, now_min: int, report: TickReport) -> Decision:
+        """At least the policy's first-gap hold for a model a request made HOT at ``hot_at``,
+        while the policy has not seen that request (see :mod:`warmstart.scheduler.holds`)."""
+        hot_min = self.traffic.minute_of(hot_at)
+        if not needs_hold(state, hot_min):
+            return decision
+        hold = first_gap_hold(self.policy, context, hot_min, now_min)
+        if warmer(decision, hold) is decision:
+            return decision
+        report.decisions[context.model]["request_hold"] = True
+        return replace(hold, reason=f"request-hold:{hold.reason}")
 
     def _dispatch(self, result: Plan, workers: list[WorkerState], report: TickReport, now_s: float) -> None:
         current = {w.name: {m: Tier.parse(t).name for m, t in w.tiers.items()} for w in workers if w.alive}
@@ -270,8 +293,11 @@ class BeatScheduler:
         serves (its worker died, or demoted it) get a lazy pre-warm any worker may take."""
         for model in catalog:
             if self.registry.queued_requests(model) and not self.registry.hot_workers(model):
-                if self.registry.claim_prewarm(model, self.settings.prewarm_claim_s):
-                    self.app.send_task(TASK_PREWARM, kwargs={"model": model, "tier": "HOT", "lazy": True}, queue=PREWARM_QUEUE)
+                claim = self.registry.claim_prewarm(model, self.settings.prewarm_claim_s)
+                if claim:
+                    # The claim's token is the task's id: the pre-warm releases its own claim.
+                    self.app.send_task(TASK_PREWARM, kwargs={"model": model, "tier": "HOT", "lazy": True},
+                                       queue=PREWARM_QUEUE, task_id=claim)
                     report.sent.append({"task": TASK_PREWARM, "worker": None, "model": model, "tier": "HOT"})
 
     def _fan_out(self, result: Plan, alive: dict[str, dict[str, Any]], report: TickReport) -> None:
@@ -313,3 +339,10 @@ class BeatScheduler:
 
     def stop(self) -> None:
         self._stop.set()
+
+
+def _request_warmed(state: dict[str, Any]) -> bool:
+    """True when a worker reports the model HOT from a lazy warm-up: requests were waiting,
+    so the pool skipped the warm-up runs (``warmup_runs`` 0; a planned pre-warm or a
+    recovery after a failed check runs them)."""
+    return state.get("tier") == "HOT" and state.get("hot_at") is not None and state.get("warmup_runs") == 0

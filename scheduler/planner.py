@@ -15,10 +15,14 @@ greedily. Eager models (in ``prod``) come first. Hysteresis keeps placements sta
 - a model stays on the worker where it already is when that worker has room.
 
 Each model is placed on at most one live worker. A dead worker's models count as not placed
-anywhere, so they go to live workers. Budgets are per tier and independent (a HOT model uses
-the device budget, a HOST model the host budget, a DISK model the disk budget) and are never
-exceeded by the planned state. Profile ``dev`` is cold: the planner orders no pre-warm, only
-keeps, demotes and drops what is already loaded; ``prod`` pre-warms.
+anywhere, so they go to live workers. Budgets follow the worker's own rule
+(:mod:`warmstart.workers.capacity`): a model counts against the budget of every level at or
+below its tier (HOT: device, host and cache; HOST: host and cache; DISK: cache), so the
+planned state never exceeds a budget the way the worker counts it, and carrying the plan out
+never makes a worker demote a model the plan keeps. Per worker, demotions and drops are listed
+before pre-warms, so the room is freed before it is taken. Profile ``dev`` is cold: the
+planner orders no pre-warm, only keeps, demotes and drops what is already loaded; ``prod``
+pre-warms.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from warmstart.infra.errors import SchedulerError
 from warmstart.scheduler.costs import ModelCosts
 from warmstart.infra.tiers import Tier, policy_tier
 from warmstart.scheduler.policies.base import TIER_ORDER
+from warmstart.workers.capacity import Budgets, Room
 
 _RANK = {t: i for i, t in enumerate(TIER_ORDER)}  # 0 = HOT (warmest)
 _PLACED_TIERS = (Tier.HOT, Tier.HOST, Tier.DISK)
@@ -73,8 +78,12 @@ class WorkerState:
     alive: bool = True
 
     def budget(self, tier: Tier) -> int:
+        """The budget of the level a placement at ``tier`` is named by (HOT: the device)."""
         return {Tier.HOT: self.device_budget_bytes, Tier.HOST: self.host_budget_bytes,
                 Tier.DISK: self.disk_budget_bytes}[tier]
+
+    def budgets(self) -> Budgets:
+        return Budgets(self.device_budget_bytes, self.host_budget_bytes, self.disk_budget_bytes)
 
 
 @dataclass(frozen=True)
@@ -146,7 +155,7 @@ def plan(demands: list[ModelDemand], workers: list[WorkerState],
             )
     live = [w for w in workers if w.alive]
     current = {w.name: {m: policy_tier(t) for m, t in w.tiers.items()} for w in live}
-    used = {w.name: {t: 0 for t in _PLACED_TIERS} for w in live}
+    room = {w.name: Room(w.budgets()) for w in live}
     placement: dict[str, tuple[str, Tier]] = {}
     unplaced: list[str] = []
 
@@ -186,10 +195,10 @@ def plan(demands: list[ModelDemand], workers: list[WorkerState],
             size = costs[d.model].size_bytes
             held = where(d.model)
             order = sorted(live, key=lambda w: (held is None or w.name != held[0],
-                                                -(w.budget(tier) - used[w.name][tier])))
+                                                -room[w.name].free(tier)))
             for w in order:
-                if used[w.name][tier] + size <= w.budget(tier):
-                    used[w.name][tier] += size
+                if room[w.name].fits(size, tier):
+                    room[w.name].place(size, tier)
                     placement[d.model] = (w.name, tier)
                     break
             else:
@@ -208,20 +217,24 @@ def _placed_since(workers: list[WorkerState], worker: str, model: str) -> int | 
 def _actions(live: list[WorkerState], current: dict[str, dict[str, Tier]],
              placement: dict[str, tuple[str, Tier]], unplaced: list[str],
              cfg: PlanConfig) -> Plan:
-    out = Plan(actions={w.name: [] for w in live}, placement=placement,
-               unplaced=sorted(set(unplaced)))
-    for model, (worker, tier) in sorted(placement.items()):
-        was = current[worker].get(model)
-        if was is None or _RANK[tier] < _RANK[was]:
-            out.actions[worker].append(Action("prewarm", model, tier))
-        elif tier == was:
-            out.actions[worker].append(Action("keep", model, tier))
-            if tier == Tier.HOT:
-                out.keep_warm.append(model)
-        else:
-            out.actions[worker].append(Action("demote", model, tier))
+    out = Plan(placement=placement, unplaced=sorted(set(unplaced)))
+    # Per worker, what frees room comes first (drops, demotions), then keeps, then raises:
+    # the worker then finds the room a raise needs already free, and never picks a victim.
+    kinds = ("drop", "demote", "keep", "prewarm")
+    by_kind: dict[str, dict[str, list[Action]]] = {w.name: {k: [] for k in kinds} for w in live}
     for w in live:
         for model in sorted(current[w.name]):
             if placement.get(model, ("", None))[0] != w.name:
-                out.actions[w.name].append(Action("drop", model, Tier.REMOTE))
+                by_kind[w.name]["drop"].append(Action("drop", model, Tier.REMOTE))
+    for model, (worker, tier) in sorted(placement.items()):
+        was = current[worker].get(model)
+        if was is None or _RANK[tier] < _RANK[was]:
+            by_kind[worker]["prewarm"].append(Action("prewarm", model, tier))
+        elif tier == was:
+            by_kind[worker]["keep"].append(Action("keep", model, tier))
+            if tier == Tier.HOT:
+                out.keep_warm.append(model)
+        else:
+            by_kind[worker]["demote"].append(Action("demote", model, tier))
+    out.actions = {w: [a for k in kinds for a in lists[k]] for w, lists in by_kind.items()}
     return out

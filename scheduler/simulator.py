@@ -13,8 +13,8 @@ Metrics per policy (as in Shahrad et al.):
 - ``waste_pct``: memory × minutes HOT without arrivals, normalised so that ``fixed-10`` = 100;
 - ``host_waste_pct``: the same at HOST, on the same scale (host memory is ~500× cheaper);
 
-and, under a memory budget (``budget_bytes`` of HOT memory, the same again for HOST; default:
-half the sum of all model sizes, which the policies' HOT sets exceed at peaks):
+and, under a memory budget (``budget_bytes`` of device memory, the same again of host memory;
+default: half the sum of all model sizes, which the policies' HOT sets exceed at peaks):
 
 - ``cold_seconds``: seconds of cold start paid, from the tier each model was at when its
   requests arrived (HOST, DISK, or REMOTE before its first load), with the cost model's times;
@@ -23,10 +23,12 @@ half the sum of all model sizes, which the policies' HOT sets exceed at peaks):
   ranked by :meth:`ModelCosts.value_per_byte` of HOT instead of HOST (the arrival
   probability the policy gave, floored at ``PLANNER_MIN_PROB`` like the planner, × seconds
   saved / bytes) and placed greedily, each model that still fits kept, the others evicted
-  to HOST; then the models at HOST the same way against the HOST budget (HOST instead of
-  DISK), the rest to DISK for that minute. The planner's hysteresis (incumbent margin,
-  minimum residency) is not modelled. The budget bounds what is held ahead of demand; a
-  model loaded by its own requests is served whatever the budget.
+  to HOST; then the models at HOST the same way (HOST instead of DISK), the rest to DISK
+  for that minute. What fits is the worker's own rule (:mod:`warmstart.workers.capacity`):
+  a HOT model fills the device budget *and* the host budget, so the models at HOST get the
+  host memory that the HOT ones leave. The planner's hysteresis (incumbent margin, minimum
+  residency) is not modelled. The budget bounds what is held ahead of demand; a model loaded
+  by its own requests is served whatever the budget.
 """
 
 from __future__ import annotations
@@ -41,10 +43,11 @@ from warmstart.scheduler.costs import ModelCosts, Throughputs, default_to_hot_s
 from warmstart.scheduler.policies import ModelContext, TrafficState, make_policy
 from warmstart.scheduler.policies.base import TIER_ORDER, Tier
 from warmstart.scheduler.traces import Trace
+from warmstart.workers.capacity import Budgets, Room
 
 DEFAULT_POLICIES = ["fixed-10", "hybrid", "warmstart"]
 REFERENCE_POLICY = "fixed-10"
-#: Default HOT (and HOST) budget as a fraction of the sum of all model sizes.
+#: Default device (and host) budget as a fraction of the sum of all model sizes.
 DEFAULT_BUDGET_FRACTION = 0.5
 SWEEP_FIXED_MIN = (1, 2, 5, 20, 30, 60, 120)
 SWEEP_WARMSTART_MIN = (2, 5, 20, 40, 80)
@@ -103,14 +106,15 @@ def default_budget_bytes(trace: Trace) -> int:
 
 def _budgeted(tiers: np.ndarray, probs: np.ndarray, size: np.ndarray,
               saved_s: np.ndarray, budget_bytes: int) -> tuple[np.ndarray, int]:
-    """Tiers after per-minute eviction under a HOT budget and an equal HOST budget.
+    """Tiers after per-minute eviction under a device budget and an equal host budget.
 
     Per minute and tier, as :func:`warmstart.scheduler.planner.plan` does on one worker with no
     incumbents: the models wanting that tier (HOT, then HOST, the latter including those
     evicted from HOT) are ranked by :meth:`ModelCosts.value_per_byte` of that tier instead of
     the next colder one, with the arrival probability floored at ``PLANNER_MIN_PROB`` (ties
-    keep the models' order), and placed greedily: each one that still fits is kept, the
-    others go one tier colder.
+    keep the models' order), and placed greedily in one :class:`Room` (the worker's rule: a
+    HOT model fills the device and the host budget): each one that still fits is kept, the
+    others go one tier colder. The disk is not limited.
 
     Args:
         tiers: ``(N, T)`` tier indexes (into ``TIER_ORDER``) the policy wanted.
@@ -118,7 +122,7 @@ def _budgeted(tiers: np.ndarray, probs: np.ndarray, size: np.ndarray,
         size: ``(N,)`` model sizes in bytes.
         saved_s: ``(N, 2)`` seconds saved per arrival by HOT instead of HOST and by HOST
             instead of DISK.
-        budget_bytes: the HOT budget, and the HOST budget.
+        budget_bytes: the device budget, and the host budget.
 
     Returns:
         ``(tiers, evictions)``: the tiers held, and how many model-minutes lost HOT.
@@ -127,20 +131,26 @@ def _budgeted(tiers: np.ndarray, probs: np.ndarray, size: np.ndarray,
     evictions = 0
     value = np.maximum(probs.astype(np.float64), PLANNER_MIN_PROB)
     sizes = size.tolist()
+    budgets = Budgets(budget_bytes, budget_bytes, 2**62)
+    passes = ((_HOT, Tier.HOT, _HOST, saved_s[:, 0]), (_HOST, Tier.HOST, _DISK, saved_s[:, 1]))
     for t in range(tiers.shape[1]):
         col = out[:, t]
-        for tier, colder, saved in ((_HOT, _HOST, saved_s[:, 0]), (_HOST, _DISK, saved_s[:, 1])):
-            want = np.flatnonzero(col == tier)
-            if not want.size or size[want].sum() <= budget_bytes:
+        room = Room(budgets)
+        for code, tier, colder, saved in passes:
+            want = np.flatnonzero(col == code)
+            if not want.size:
+                continue
+            total = int(size[want].sum())
+            if room.fits(total, tier):  # all of them fit: no ranking needed
+                room.place(total, tier)
                 continue
             order = want[np.argsort(-(value[want, t] * saved[want] / size[want]), kind="stable")]
-            room = budget_bytes
             for i in order.tolist():
-                if sizes[i] <= room:
-                    room -= sizes[i]
+                if room.fits(sizes[i], tier):
+                    room.place(sizes[i], tier)
                 else:
                     col[i] = colder
-                    evictions += tier == _HOT
+                    evictions += code == _HOT
     return out, int(evictions)
 
 
@@ -183,8 +193,8 @@ def simulate(trace: Trace, policies: list[str] | None = None, budget_bytes: int 
         trace: the trace (see :func:`warmstart.scheduler.traces.load_trace`).
         policies: policy names (default ``fixed-10``, ``hybrid``, ``warmstart``); ``fixed-10``
             is always replayed as the waste reference.
-        budget_bytes: HOT memory budget (and HOST budget) for ``cold_seconds``; default a
-            half of the sum of the model sizes.
+        budget_bytes: device memory budget (and host memory budget) for ``cold_seconds``;
+            default a half of the sum of the model sizes.
         sweep: also replay fixed-N and warmstart-B for several N and B (for the trade-off
             plot), under ``"sweep"``.
         throughputs: load-time defaults of the cost model.

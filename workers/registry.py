@@ -8,44 +8,94 @@ Keys (all under ``ws:``)::
     worker:<w>:models        HASH   model -> JSON state (tier, health, version, latencies)
     hot:<model>              SET    workers where the model is HOT and consuming its queue
     cost:<model>             HASH   "DISK>HOST" -> seconds, the latest measured transition
-    prewarm-claim:<model>    STRING set while a lazy pre-warm of the model is in flight
+    prewarm-claim:<model>    STRING the token of the lazy pre-warm in flight (expires)
     redelivered:<task id>    STRING how many times a request was delivered again (1 day)
+
+Concurrency: every change to more than one key, or that depends on what it reads, is one
+atomic step. A write that reads nothing first is a MULTI/EXEC pipeline (redis-py's
+``pipeline()`` is transactional by default; ``transaction=True`` is spelt out below); one
+whose write depends on a read is one Lua script: the heartbeat (was the worker known?),
+forgetting a worker (its models decide which hot sets to clean), and releasing a pre-warm
+claim (only the claim's own token may delete it). Nothing here is GET-then-SET.
 """
 
 from __future__ import annotations
 
 import json
 import time
+import uuid
 from typing import Any
 
 import redis
 
 from warmstart.infra.redis_client import key, redis_errors
 
+# KEYS: workers set, heartbeat; ARGV: worker, payload, ttl ms.
+# 1 when the registry did not know the worker: not in the set (first start, Redis restarted
+# empty, or the beat forgot it as dead) or its heartbeat had expired.
+_HEARTBEAT = """
+local added = redis.call('SADD', KEYS[1], ARGV[1])
+local known = redis.call('EXISTS', KEYS[2])
+redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+if added == 1 or known == 0 then return 1 end
+return 0
+"""
+
+# KEYS: workers set, heartbeat, models hash; ARGV: worker, hot-set key prefix. The hot sets
+# are named inside the script from the hash it reads (one Redis, not a cluster, as everywhere
+# in warmstart), so a model published meanwhile cannot be missed.
+_FORGET = """
+for _, model in ipairs(redis.call('HKEYS', KEYS[3])) do
+  redis.call('SREM', ARGV[2] .. model, ARGV[1])
+end
+redis.call('DEL', KEYS[2], KEYS[3])
+return redis.call('SREM', KEYS[1], ARGV[1])
+"""
+
+# KEYS: the claim; ARGV: the token. Compare and delete.
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
 
 class WorkerRegistry:
-    """Reads and writes worker and model state; every call is a few pipelined commands."""
+    """Reads and writes worker and model state; every call is one transaction or script, or
+    a few pipelined reads."""
 
     def __init__(self, client: "redis.Redis[str]") -> None:
         self.client = client
+        self._heartbeat = client.register_script(_HEARTBEAT)
+        self._forget = client.register_script(_FORGET)
+        self._release = client.register_script(_RELEASE)
 
     # --- writes (workers) -----------------------------------------------------------------
 
-    def heartbeat(self, worker: str, info: dict[str, Any], ttl_s: float) -> None:
-        """Publish that ``worker`` is alive, with its budgets and use; expires after ttl_s."""
+    def heartbeat(self, worker: str, info: dict[str, Any], ttl_s: float) -> bool:
+        """Publish that ``worker`` is alive, with its budgets and use; expires after ttl_s.
+
+        Returns:
+            True when the registry did not know the worker before this heartbeat: its first
+            one, Redis restarted empty, the beat forgot it as dead, or its heartbeat had
+            expired. What it published may be gone: publish every model again
+            (``ModelPool.republish``), which also rebuilds the ``hot:<model>`` sets.
+        """
         payload = json.dumps({**info, "name": worker, "heartbeat_at": time.time()})
         with redis_errors(self.client, "sending a heartbeat"):
-            pipe = self.client.pipeline()
-            pipe.sadd(key("workers"), worker)
-            pipe.set(key("worker", worker), payload, px=int(ttl_s * 1000))
-            pipe.execute()
+            lost = self._heartbeat(
+                keys=[key("workers"), key("worker", worker)],
+                args=[worker, payload, max(1, int(ttl_s * 1000))],
+            )
+        return bool(lost)
 
     def put_model(self, worker: str, state: dict[str, Any]) -> None:
         """Record one model's state on ``worker``; keeps the ``hot:<model>`` set in step."""
         model = state["model"]
         serving = state.get("tier") == "HOT" and state.get("consuming", False)
         with redis_errors(self.client, f"recording the state of {model!r}"):
-            pipe = self.client.pipeline()
+            pipe = self.client.pipeline(transaction=True)
             pipe.hset(key("worker", worker, "models"), model, json.dumps(state))
             if serving:
                 pipe.sadd(key("hot", model), worker)
@@ -55,7 +105,7 @@ class WorkerRegistry:
 
     def remove_model(self, worker: str, model: str) -> None:
         with redis_errors(self.client, f"removing {model!r}"):
-            pipe = self.client.pipeline()
+            pipe = self.client.pipeline(transaction=True)
             pipe.hdel(key("worker", worker, "models"), model)
             pipe.srem(key("hot", model), worker)
             pipe.execute()
@@ -63,13 +113,10 @@ class WorkerRegistry:
     def forget_worker(self, worker: str) -> None:
         """Drop everything a worker published (clean shutdown, or declared dead)."""
         with redis_errors(self.client, f"forgetting worker {worker!r}"):
-            models = self.client.hkeys(key("worker", worker, "models"))
-            pipe = self.client.pipeline()
-            for model in models:
-                pipe.srem(key("hot", model), worker)
-            pipe.delete(key("worker", worker), key("worker", worker, "models"))
-            pipe.srem(key("workers"), worker)
-            pipe.execute()
+            self._forget(
+                keys=[key("workers"), key("worker", worker), key("worker", worker, "models")],
+                args=[worker, key("hot", "")],
+            )
 
     def record_transition(self, model: str, source: str, target: str, seconds: float) -> None:
         with redis_errors(self.client, "recording a transition time"):
@@ -84,14 +131,37 @@ class WorkerRegistry:
             pipe.expire(key("redelivered", task_id), int(ttl_s))
             return int(pipe.execute()[0])
 
-    def claim_prewarm(self, model: str, ttl_s: float) -> bool:
-        """True for the one caller that may send a lazy pre-warm for ``model`` now."""
-        with redis_errors(self.client, "claiming a pre-warm"):
-            return bool(self.client.set(key("prewarm-claim", model), "1", nx=True, px=int(ttl_s * 1000)))
+    def claim_prewarm(self, model: str, ttl_s: float) -> str | None:
+        """Claim the one lazy pre-warm of ``model`` in flight, for ``ttl_s`` at most.
 
-    def release_prewarm(self, model: str) -> None:
+        Returns:
+            The claim's token (a non-empty string, so ``if claim_prewarm(...)`` reads as
+            before) for the one caller that may send the pre-warm now; None for the others.
+            Send the pre-warm task with the token as its task id
+            (``send_task(..., task_id=token)``), so that the task releases its own claim.
+        """
+        token = uuid.uuid4().hex
+        with redis_errors(self.client, "claiming a pre-warm"):
+            taken = self.client.set(key("prewarm-claim", model), token, nx=True, px=max(1, int(ttl_s * 1000)))
+        return token if taken else None
+
+    def release_prewarm(self, model: str, token: str | None = None) -> bool:
+        """Release the claim ``token`` holds on ``model``'s pre-warm (compare and delete): a
+        pre-warm that outlived its claim leaves a later claim alone.
+
+        Args:
+            model: the model.
+            token: what :meth:`claim_prewarm` returned (the pre-warm task's id). None
+                deletes whatever claim is there: only for callers that do not know the
+                token yet; it can free another pre-warm's claim.
+
+        Returns:
+            True when a claim was deleted.
+        """
         with redis_errors(self.client, "releasing a pre-warm claim"):
-            self.client.delete(key("prewarm-claim", model))
+            if token is None:
+                return bool(self.client.delete(key("prewarm-claim", model)))
+            return bool(self._release(keys=[key("prewarm-claim", model)], args=[token]))
 
     # --- reads (scheduler, status, clients) -----------------------------------------------
 

@@ -1,8 +1,9 @@
 """Warmth tiers and the pure rules for moving between them within budgets.
 
 ``REMOTE < DISK < HOST < DEVICE < HOT``. A model's bytes count against the budget of every
-tier it occupies at or below its own (a DEVICE model is also on disk and, on a CPU worker,
-its mapped pages are the host copy too):
+tier it occupies at or below its own (a DEVICE model is also on disk and keeps its host
+copy); the rule is written once, in :mod:`warmstart.workers.capacity`, which the planner and
+the simulator use too:
 
 - DISK: the snapshot is in the local cache (cache budget).
 - HOST: the module is restored on the CPU, its weights mapped and resident (host budget).
@@ -22,9 +23,10 @@ from dataclasses import dataclass
 
 from warmstart.infra.errors import BudgetError
 from warmstart.infra.tiers import Tier
+from warmstart.workers.capacity import BUDGET_NAME, fills
 
-#: Which budget a tier fills: the memory a model at that tier (or above) occupies.
-BUDGET_OF_TIER = {Tier.DEVICE: "device", Tier.HOST: "host"}
+#: Which budget a level is (``WARMSTART_<NAME>_BUDGET_BYTES``).
+BUDGET_OF_TIER = BUDGET_NAME
 
 
 @dataclass(frozen=True)
@@ -47,8 +49,9 @@ def steps_between(current: Tier, target: Tier) -> list[Tier]:
 
 
 def used_bytes(residents: Iterable[Resident], level: Tier) -> int:
-    """Bytes held at ``level`` or above (what the budget of that level counts)."""
-    return sum(r.size_bytes for r in residents if r.tier >= level)
+    """Bytes counted against the budget of ``level`` (DEVICE, HOST or DISK): the models at
+    that tier or warmer (:func:`warmstart.workers.capacity.fills`)."""
+    return sum(r.size_bytes for r in residents if fills(r.tier, level))
 
 
 def choose_demotions(
@@ -65,7 +68,7 @@ def choose_demotions(
     Raises:
         BudgetError: the model cannot fit even with every unpinned model demoted.
     """
-    holders = [r for r in residents if r.tier >= level]
+    holders = [r for r in residents if fills(r.tier, level)]
     free = budget_bytes - used_bytes(holders, level)
     if needed_bytes > budget_bytes:
         raise BudgetError(

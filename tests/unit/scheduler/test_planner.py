@@ -8,8 +8,10 @@ import pytest
 
 from warmstart.infra.errors import SchedulerError
 from warmstart.scheduler.costs import ModelCosts
-from warmstart.scheduler.planner import ModelDemand, Plan, PlanConfig, WorkerState, plan
+from warmstart.scheduler.planner import Action, ModelDemand, Plan, PlanConfig, WorkerState, plan
 from warmstart.scheduler.policies.base import Tier
+from warmstart.workers.capacity import Budgets, Room
+from warmstart.workers.tiers import Resident, choose_demotions, steps_between, used_bytes
 
 MiB = 2**20
 
@@ -109,7 +111,7 @@ def test_dead_workers_models_move_to_live_ones() -> None:
     costs, demands, _ = _setup()
     workers = [WorkerState("dead", 10**12, 10**12, 10**12, {"a": Tier.HOT, "b": Tier.HOT},
                            alive=False),
-               WorkerState("live", 300 * MiB, 0, 10**12)]
+               WorkerState("live", 300 * MiB, 300 * MiB, 10**12)]  # HOT fills host memory too
     p = plan(demands, workers, costs)
     assert p.placement["a"] == ("live", Tier.HOT) and p.placement["b"] == ("live", Tier.HOT)
     assert "dead" not in p.actions
@@ -132,3 +134,98 @@ def test_errors() -> None:
         plan([ModelDemand("zz", Tier.HOT)], workers, costs)
     with pytest.raises(SchedulerError, match="unique"):
         plan(demands, [workers[0], workers[0]], costs)
+
+
+# --- one capacity model: the plan against the worker's own budget rule --------------------
+
+_AS_WORKER = {Tier.HOT: Tier.HOT, Tier.HOST: Tier.HOST, Tier.DISK: Tier.DISK}
+
+
+def carry_out(worker: WorkerState, actions: list, costs: dict[str, ModelCosts]) -> None:  # noqa: ANN001
+    """Carry the plan's actions out in order, as the worker does, with the worker's own rule
+    (``workers.tiers``): each raise must find room without demoting anything, and what the
+    worker holds at the end must be within each of its budgets."""
+    held = {m: Tier(t) for m, t in worker.tiers.items()}
+    budgets = {Tier.DEVICE: worker.device_budget_bytes, Tier.HOST: worker.host_budget_bytes,
+               Tier.DISK: worker.disk_budget_bytes}
+    for action in actions:
+        if action.kind in ("drop", "demote"):
+            if action.tier == Tier.REMOTE:
+                held.pop(action.model, None)
+            else:
+                held[action.model] = action.tier
+        elif action.kind == "prewarm":
+            size = costs[action.model].size_bytes
+            for step in steps_between(held.get(action.model, Tier.REMOTE), action.tier):
+                if step in (Tier.DEVICE, Tier.HOST):  # the levels the pool makes room in
+                    others = [Resident(m, t, costs[m].size_bytes, 0.0)
+                              for m, t in held.items() if m != action.model]
+                    victims = choose_demotions(others, step, size, budgets[step])
+                    assert victims == [], (
+                        f"{worker.name}: raising {action.model} to {step.name} demotes "
+                        f"{[v.model for v in victims]}")
+                held[action.model] = step
+    residents = [Resident(m, t, costs[m].size_bytes, 0.0) for m, t in held.items()]
+    for level, budget in budgets.items():
+        assert used_bytes(residents, level) <= budget, (worker.name, level.name)
+
+
+def test_hot_models_count_in_the_host_budget_so_a_host_prewarm_does_not_evict_them() -> None:
+    """The fight of the hardening issue: two HOT models fill the 200 MiB host budget (the
+    worker counts them there too), so a HOST pre-warm would make the worker demote one."""
+    costs = {m: ModelCosts(m, 100 * MiB) for m in "abc"}
+    demands = [ModelDemand("a", Tier.HOT, 0.9), ModelDemand("b", Tier.HOT, 0.8),
+               ModelDemand("c", Tier.HOST, 0.5)]
+    worker = WorkerState("w", 200 * MiB, 200 * MiB, 10**12, {"a": Tier.HOT, "b": Tier.HOT})
+    p = plan(demands, [worker], costs)
+    assert p.placement["a"] == ("w", Tier.HOT) and p.placement["b"] == ("w", Tier.HOT)
+    assert Action("prewarm", "c", Tier.HOST) not in p.actions["w"]
+    assert p.placement["c"] == ("w", Tier.DISK)
+    carry_out(worker, p.actions["w"], costs)
+    # With room for it in host memory, it goes there.
+    roomy = WorkerState("w", 200 * MiB, 300 * MiB, 10**12, {"a": Tier.HOT, "b": Tier.HOT})
+    assert plan(demands, [roomy], costs).placement["c"] == ("w", Tier.HOST)
+
+
+def test_a_model_on_disk_counts_in_the_cache_budget_whatever_its_tier() -> None:
+    costs = {m: ModelCosts(m, 100 * MiB) for m in "ab"}
+    demands = [ModelDemand("a", Tier.HOT, 0.9), ModelDemand("b", Tier.DISK, 0.5)]
+    worker = WorkerState("w", 200 * MiB, 200 * MiB, 150 * MiB)
+    p = plan(demands, [worker], costs)
+    assert p.placement == {"a": ("w", Tier.HOT)} and p.unplaced == ["b"]
+
+
+def test_room_is_freed_before_a_worker_is_asked_to_raise_a_model() -> None:
+    """Demotions and drops come first, so the worker never makes room by itself (its LRU
+    choice could be a model the plan keeps)."""
+    costs = {m: ModelCosts(m, 100 * MiB) for m in "abz"}
+    worker = WorkerState("w", 100 * MiB, 100 * MiB, 10**12, {"z": Tier.HOT})
+    p = plan([ModelDemand("a", Tier.HOT, 0.9)], [worker], costs, PlanConfig(now_min=100))
+    assert [a.kind for a in p.actions["w"]] == ["drop", "prewarm"]
+    carry_out(worker, p.actions["w"], costs)
+
+
+def test_random_plans_fit_the_workers_own_budget_rule() -> None:
+    rng = random.Random(11)
+    for _ in range(300):
+        costs = {f"m{i}": ModelCosts(f"m{i}", rng.randint(1, 400) * MiB) for i in range(12)}
+        demands = [ModelDemand(m, rng.choice(list(Tier)), rng.random(), rng.random() < 0.2)
+                   for m in costs]
+        workers = []
+        for j in range(3):
+            budgets = [rng.randint(0, 800) * MiB, rng.randint(0, 800) * MiB,
+                       rng.randint(0, 2000) * MiB]
+            # What a worker holds already fits its budgets (the worker enforces them).
+            held: dict[str, Tier | str] = {}
+            room = Room(Budgets(*budgets))
+            for m in rng.sample(list(costs), 5):
+                tier = rng.choice([Tier.HOT, Tier.HOST, Tier.DISK])
+                if room.fits(costs[m].size_bytes, tier):
+                    room.place(costs[m].size_bytes, tier)
+                    held[m] = tier
+            workers.append(WorkerState(f"w{j}", *budgets, held, alive=rng.random() > 0.2))
+        p = plan(demands, workers, costs, PlanConfig(profile=rng.choice(["dev", "prod"]),
+                                                     now_min=rng.choice([0, 100])))
+        for w in workers:
+            if w.alive:
+                carry_out(w, p.actions[w.name], costs)

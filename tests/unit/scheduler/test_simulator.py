@@ -90,8 +90,9 @@ def test_budget_keeps_a_later_model_that_still_fits() -> None:
     tiers = np.zeros((3, 1), dtype=np.int8)  # all want HOT
     probs = np.array([[1.0], [1.0], [0.001]], dtype=np.float32)
     out, evictions = _budgeted(tiers, probs, size, saved_of(costs), 100 * MiB)
-    # Ranked mid (40), big (80: 120 > 100, evicted to HOST), tiny (10: 50 <= 100, kept).
-    assert out[:, 0].tolist() == [1, 0, 0] and evictions == 1
+    # Ranked mid (40), big (80: 120 > 100, evicted), tiny (10: 50 <= 100, kept). The HOT
+    # models fill 50 of the 100 of host memory too (the worker's rule): big falls to DISK.
+    assert out[:, 0].tolist() == [2, 0, 0] and evictions == 1
 
 
 def test_budget_ranks_models_without_a_probability_by_seconds_per_byte() -> None:
@@ -101,7 +102,20 @@ def test_budget_ranks_models_without_a_probability_by_seconds_per_byte() -> None
     size = np.array([c.size_bytes for c in costs])
     out, _ = _budgeted(np.zeros((2, 1), dtype=np.int8), np.zeros((2, 1), dtype=np.float32),
                        size, saved_of(costs), 300 * MiB)
-    assert out[:, 0].tolist() == [1, 0]  # small kept HOT; large evicted to HOST
+    # small kept HOT; large evicted, and small's host copy leaves it no host room: DISK.
+    assert out[:, 0].tolist() == [2, 0]
+
+
+def test_a_hot_model_fills_the_host_budget_too() -> None:
+    """The worker's rule: the host memory left for models at HOST is what HOT ones leave."""
+    costs = [ModelCosts("hot", 60 * MiB), ModelCosts("host", 60 * MiB)]
+    size = np.array([c.size_bytes for c in costs])
+    tiers = np.array([[0], [1]], dtype=np.int8)
+    probs = np.ones((2, 1), dtype=np.float32)
+    out, _ = _budgeted(tiers, probs, size, saved_of(costs), 100 * MiB)
+    assert out[:, 0].tolist() == [0, 2]
+    out, _ = _budgeted(tiers, probs, size, saved_of(costs), 120 * MiB)
+    assert out[:, 0].tolist() == [0, 1]
 
 
 def test_budget_agrees_with_the_planner_on_one_worker() -> None:

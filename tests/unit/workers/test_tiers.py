@@ -1,6 +1,7 @@
 import pytest
 
 from warmstart.infra.errors import BudgetError
+from warmstart.workers.capacity import Budgets, Room, levels_filled, usage
 from warmstart.workers.tiers import Resident, Tier, choose_demotions, steps_between, used_bytes
 from warmstart.workers.warmup import has_settled
 
@@ -64,3 +65,23 @@ def test_latency_settles_only_after_the_cold_run_and_a_stable_window() -> None:
     assert has_settled([0.5, 0.10, 0.11, 0.10])
     assert not has_settled([0.5, 0.10, 0.20, 0.10])
     assert has_settled([0.5, 0.3, 0.2, 0.10, 0.105, 0.1])
+
+
+def test_one_capacity_rule_for_worker_planner_and_simulator() -> None:
+    """A model counts against every budget at or below its tier: HOT/DEVICE the device, host
+    and cache budgets, HOST the host and cache budgets, DISK the cache budget."""
+    assert levels_filled(Tier.HOT) == levels_filled(Tier.DEVICE) == (Tier.DEVICE, Tier.HOST, Tier.DISK)
+    assert levels_filled(Tier.HOST) == (Tier.HOST, Tier.DISK)
+    assert levels_filled(Tier.DISK) == (Tier.DISK,) and levels_filled(Tier.REMOTE) == ()
+    room = Room(Budgets(device_bytes=200, host_bytes=200, disk_bytes=1000),
+                [(Tier.HOT, 100), (Tier.HOT, 100)])
+    assert room.used == {Tier.DEVICE: 200, Tier.HOST: 200, Tier.DISK: 200}
+    assert not room.fits(1, Tier.HOST) and room.fits(800, Tier.DISK)
+    assert room.free(Tier.HOT) == 0 and room.free(Tier.DISK) == 800 and room.over() == []
+    room.place(50, Tier.HOST)
+    assert room.over() == [Tier.HOST]
+    # The worker's eviction counts the same: the two HOT models fill the host budget, so
+    # making room there for a HOST model demotes one of them.
+    residents = [r("a", Tier.HOT, 100, 1.0), r("b", Tier.HOT, 100, 2.0)]
+    assert used_bytes(residents, Tier.HOST) == usage([(x.tier, x.size_bytes) for x in residents])[Tier.HOST]
+    assert [v.model for v in choose_demotions(residents, Tier.HOST, 50, 200)] == ["a"]
