@@ -342,7 +342,6 @@ class BeatScheduler:
 
 
 def _request_warmed(state: dict[str, Any]) -> bool:
-    """True when a worker reports the model HOT from a lazy warm-up: requests were waiting,
-    so the pool skipped the warm-up runs (``warmup_runs`` 0; a planned pre-warm or a
-    recovery after a failed check runs them)."""
-    return state.get("tier") == "HOT" and state.get("hot_at") is not None and state.get("warmup_runs") == 0
+    """True when a worker reports the model HOT from a lazy warm-up (requests were waiting),
+    not from a planned pre-warm or a recovery: the pool publishes ``warmed_by_request``."""
+    return state.get("tier") == "HOT" and state.get("hot_at") is not None and state.get("warmed_by_request") is True

@@ -15,6 +15,7 @@ from torch import nn
 
 TINY = "tests.models:build_tiny"
 FLAKY = "tests.models:build_flaky"
+BUFFERED = "tests.models:build_buffered"
 
 
 class Tiny(nn.Module):
@@ -33,7 +34,8 @@ class Tiny(nn.Module):
 
 
 class Flaky(Tiny):
-    """Answers wrongly while ``flag_path`` exists: ``offset`` adds 1, ``nan`` answers NaN."""
+    """Misbehaves while ``flag_path`` exists: ``offset`` adds 1, ``nan`` answers NaN, ``raise``
+    raises, ``block`` waits until the flag is removed (a hung forward, at most a minute)."""
 
     def __init__(self, flag_path: str, features: int = 8, outputs: int = 4) -> None:
         super().__init__(features, outputs)
@@ -46,7 +48,22 @@ class Flaky(Tiny):
                 mode = flag.read().strip()
         except FileNotFoundError:
             return out
+        if mode == "raise":
+            raise RuntimeError("flaky model raised on purpose")
+        if mode == "block":
+            deadline = time.monotonic() + 60
+            while os.path.exists(self.flag_path) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            return out
         return out * float("nan") if mode == "nan" else out + 1.0
+
+
+class Buffered(Tiny):
+    """Tiny weights, plus a non-persistent buffer that its kwargs size (not in the file)."""
+
+    def __init__(self, buffer_elems: int, features: int = 8, outputs: int = 4) -> None:
+        super().__init__(features, outputs)
+        self.register_buffer("table", torch.zeros(buffer_elems), persistent=False)
 
 
 def build_tiny(features: int = 8, outputs: int = 4, delay_s: float = 0.0, crash_on: float | None = None) -> nn.Module:
@@ -55,3 +72,7 @@ def build_tiny(features: int = 8, outputs: int = 4, delay_s: float = 0.0, crash_
 
 def build_flaky(flag_path: str, features: int = 8, outputs: int = 4) -> nn.Module:
     return Flaky(flag_path, features, outputs)
+
+
+def build_buffered(buffer_elems: int, features: int = 8, outputs: int = 4) -> nn.Module:
+    return Buffered(buffer_elems, features, outputs)

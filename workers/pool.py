@@ -1,9 +1,41 @@
 """The model pool of one worker: models held at warmth tiers, within byte budgets.
 
 Each model has a :class:`Slot` whose tier moves one step at a time, every step timed and
-published to Redis (the scheduler's cost model reads those times). Promotion to HOT runs the
-JIT warm-up and the golden health check, and only then opens the model's inference queue
-(the gate); a failed check closes it at once and retries with backoff.
+published to the registry (the scheduler's cost model reads those times). Promotion to HOT
+runs the JIT warm-up and the golden health check, and only then opens the model's inference
+queue (the gate); a failed check closes it at once and retries with backoff.
+
+The one rule for shared state
+-----------------------------
+Task threads (requests, pre-warms, demotions), the health loop and the eager warm-up share
+the pool. Three kinds of lock guard it, and nothing else does:
+
+1. ``_slots_lock`` guards the ``slots`` dict (adding and removing entries) and nothing more; it
+   is held only for the dict operation, never while calling out.
+2. ``slot.lock`` (one per model) guards every field of that slot. It is held for a whole
+   transition of the model (fetch, restore, warm-up, demotion), for a health check (bounded:
+   the check's forward has a deadline, see :func:`~warmstart.workers.warmup.health_check`),
+   and briefly by a request to *lease* the model (take its module, ``in_flight += 1``) and to
+   return it. The forward of a request runs without it, on the module it leased; a demotion
+   closes the gate, then waits (on ``slot.changed``) for the leases to come back before it
+   drops a module. A slot removed at REMOTE is *retired*: whoever finds a retired slot after
+   taking its lock starts again with the model's current slot.
+3. ``_budget_lock`` (the lock of :class:`~warmstart.workers.budget.Reservations`) guards the
+   reservations and the choice of victims: arithmetic only. It
+   is never held while waiting for a slot's lock, doing I/O, restoring, or calling Redis or
+   Celery.
+
+Order: ``slot.lock`` may be held while taking ``_budget_lock`` (a promotion reserving bytes),
+never the reverse. A thread holding its own slot's lock takes a victim's lock only without
+blocking (a busy victim is skipped and another chosen), so no two promotions can wait for
+each other.
+
+What counts against a budget: a model's bytes count against the budget of every tier at or
+below its own (:mod:`warmstart.workers.tiers`), and a promotion counts against the budget of
+the tier it is moving to *from the moment it is decided* (a reservation taken under
+``_budget_lock`` before anything is loaded, :mod:`warmstart.workers.budget`), until the step has finished or failed. Victims
+are chosen among models that are not moving, not leased and not being evicted, and are
+demoted before the promoted model loads anything.
 """
 
 from __future__ import annotations
@@ -12,115 +44,40 @@ import gc
 import logging
 import threading
 import time
-from collections import deque
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
 
 import torch
 
 from warmstart.infra.errors import (
+    BudgetError,
     HealthCheckError,
-    ModelStateError,
+    ModelExecutionError,
     SnapshotNotFoundError,
     UnknownModelError,
+    WarmstartError,
 )
 from warmstart.infra.settings import Settings
-from warmstart.snapshot.cache import LocalSnapshot, SnapshotCache
+from warmstart.infra.tiers import Tier
+from warmstart.snapshot.cache import SnapshotCache
 from warmstart.snapshot.catalog import read_manifest, resolve_version
 from warmstart.snapshot.golden import load_golden
 from warmstart.snapshot.manifest import Manifest
 from warmstart.snapshot.names import validate_name
-from warmstart.snapshot.restore import restore_model
+from warmstart.snapshot.restore import module_nbytes, restore_model
 from warmstart.snapshot.stores.base import SnapshotStore
-from warmstart.workers.tiers import Resident, Tier, choose_demotions, steps_between
+from warmstart.workers.budget import Reservations
+from warmstart.workers.health import HealthKeeper
+from warmstart.workers.slots import MAX_BACKOFF_S, Lease, PoolRegistry, QueueGate, Slot
+from warmstart.workers.tiers import Resident, steps_between, used_bytes
 from warmstart.workers.warmup import HealthResult, WarmupResult, health_check, run_model, warm_up
 from warmstart.workers.wire import check_finite, decode_inputs, encode_tensors
 
 log = logging.getLogger(__name__)
 
-#: Retry a failing model after 1, 2, 4, … seconds, at most this many.
-MAX_BACKOFF_S = 60.0
-
-
-class PoolRegistry(Protocol):
-    """What the pool publishes and reads in the shared registry
-    (:class:`~warmstart.workers.registry.WorkerRegistry` in Redis;
-    :class:`~warmstart.workers.stub.StubRegistry` in memory)."""
-
-    def put_model(self, worker: str, state: dict[str, Any]) -> None: ...
-
-    def remove_model(self, worker: str, model: str) -> None: ...
-
-    def record_transition(self, model: str, source: str, target: str, seconds: float) -> None: ...
-
-    def hot_workers(self, model: str) -> list[str]: ...
-
-    def queued_requests(self, model: str) -> int: ...
-
-    def claim_prewarm(self, model: str, ttl_s: float) -> bool: ...
-
-
-class QueueGate(Protocol):
-    """Starts and stops this worker's consumption of a model's inference queue, and asks the
-    cluster for a lazy pre-warm of a model that nobody serves."""
-
-    def open(self, model: str) -> None: ...
-
-    def close(self, model: str) -> None: ...
-
-    def request_prewarm(self, model: str) -> None: ...
-
-
-@dataclass
-class Slot:
-    """One model on this worker."""
-
-    model: str
-    tier: Tier = Tier.REMOTE
-    manifest: Manifest | None = None
-    local: LocalSnapshot | None = None
-    host_module: torch.nn.Module | None = None
-    device_module: torch.nn.Module | None = None
-    golden: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]] | None = None
-    health: str = "unknown"  # unknown | ok | failing
-    last_error: str | None = None
-    failures: int = 0
-    retry_at_s: float = 0.0
-    consuming: bool = False
-    last_used_s: float = field(default_factory=time.monotonic)
-    in_flight: int = 0
-    samples: deque[dict[str, torch.Tensor]] = field(default_factory=lambda: deque(maxlen=4))
-    warmup: WarmupResult | None = None
-    hot_at: float | None = None  # wall-clock time the model last became HOT
-    gate_opened_at: float | None = None
-    lock: threading.RLock = field(default_factory=threading.RLock)
-
-    @property
-    def size_bytes(self) -> int:
-        return self.manifest.weights.size_bytes if self.manifest else 0
-
-    @property
-    def version(self) -> str | None:
-        return self.manifest.version if self.manifest else None
-
-    def need(self, *parts: str) -> None:
-        """Raise unless the named parts (``manifest``, ``local``, ``host_module``,
-        ``device_module``, ``golden``) are held: a typed error, never an ``assert``.
-
-        Raises:
-            ModelStateError: one is missing (another task moved the model meanwhile).
-        """
-        missing = [p for p in parts if getattr(self, p) is None]
-        if missing:
-            raise ModelStateError(
-                f"model {self.model!r} is at {self.tier.name} without its {', '.join(missing)}: it "
-                "was demoted or reloaded meanwhile; retry"
-            )
-
-
 class ModelPool:
-    """All models of one worker process. Thread-safe: tasks run on a thread pool."""
+    """All models of one worker process. Thread-safe: see the module's rule for shared state."""
 
     def __init__(
         self,
@@ -141,25 +98,104 @@ class ModelPool:
         self.device = device
         self.slots: dict[str, Slot] = {}
         self._slots_lock = threading.Lock()
-        # One budget decision at a time: choosing victims and demoting them must not interleave.
-        self._budget_lock = threading.RLock()
+        #: Bytes of promotions in progress; its lock is the budget lock of rule 3.
+        self._reservations = Reservations()
+        self.health = HealthKeeper(self)
 
     # --- slots ----------------------------------------------------------------------------
 
     def slot(self, model: str) -> Slot:
+        """The model's current slot (created at REMOTE when it has none)."""
         validate_name(model)
         with self._slots_lock:
             if model not in self.slots:
                 self.slots[model] = Slot(model)
             return self.slots[model]
 
-    def residents(self, pinned: set[str] = frozenset()) -> list[Resident]:  # type: ignore[assignment]
+    @contextmanager
+    def _locked(self, model: str) -> Iterator[Slot]:
+        """The model's current slot, its lock held; never a slot retired meanwhile."""
+        while True:
+            slot = self.slot(model)
+            with slot.lock:
+                if slot.retired:
+                    continue
+                yield slot
+                return
+
+    def _retire(self, slot: Slot) -> None:
+        slot.retired = True
+        with self._slots_lock:
+            if self.slots.get(slot.model) is slot:
+                del self.slots[slot.model]
+        slot.changed.notify_all()
+
+    def residents(self, pinned: frozenset[str] = frozenset()) -> list[Resident]:
+        """What the eviction rule needs to know of every model held above REMOTE."""
         eager = set(self.settings.eager_models) if self.settings.profile == "prod" else set()
+        moving = self._reservations.moving()
         return [
-            Resident(s.model, s.tier, s.size_bytes, s.last_used_s, s.model in pinned or s.in_flight > 0, s.model in eager)
+            Resident(
+                s.model, s.tier, s.size_bytes, s.last_used_s,
+                s.model in pinned or s.model in moving or s.in_flight > 0 or s.evicting or s.draining,
+                s.model in eager,
+            )  # fmt: skip
             for s in list(self.slots.values())
             if s.tier > Tier.REMOTE
         ]
+
+    # --- budgets --------------------------------------------------------------------------
+
+    def _budget(self, level: Tier) -> int:
+        return self.settings.device_budget_bytes if level >= Tier.DEVICE else self.settings.host_budget_bytes
+
+    def _reserve(self, slot: Slot, level: Tier, size_bytes: int) -> None:
+        """Count ``size_bytes`` of ``slot`` against ``level``'s budget from now on, demoting the
+        least recently used idle models below ``level`` first when they are in the way.
+
+        Called with ``slot.lock`` held. The reservation stands until :meth:`_unreserve`.
+
+        Raises:
+            BudgetError: it does not fit even with every idle model demoted.
+        """
+        skip: set[str] = set()
+        while True:
+            picked = self._reservations.reserve(
+                slot.model, level, size_bytes, self._budget(level),
+                lambda: self.residents(frozenset(skip)), self._mark_evicting,
+            )  # fmt: skip
+            busy = [v.model for v in picked if not self._evict(v, Tier(level - 1))]
+            if not busy:
+                return
+            # A victim was taken meanwhile (leased, or its own transition began): give the
+            # reservation back and choose again without it.
+            self._unreserve(slot, level)
+            skip.update(busy)
+
+    def _mark_evicting(self, models: list[str]) -> list[Slot]:
+        picked = [s for s in (self.slots.get(m) for m in models) if s is not None]
+        for victim in picked:
+            victim.evicting = True
+        return picked
+
+    def _unreserve(self, slot: Slot, level: Tier) -> None:
+        self._reservations.release(slot.model, level)
+
+    def _evict(self, victim: Slot, target: Tier) -> bool:
+        """Demote a victim chosen under the budget lock, if it is still idle. False: busy."""
+        try:
+            if not victim.lock.acquire(blocking=False):
+                return False
+            try:
+                if victim.retired or victim.in_flight or victim.draining:
+                    return victim.retired
+                log.info("demoting %s to %s to make room", victim.model, target.name)
+                self._demote_locked(victim, target)
+                return True
+            finally:
+                victim.lock.release()
+        finally:
+            victim.evicting = False
 
     # --- promotion ------------------------------------------------------------------------
 
@@ -174,7 +210,9 @@ class ModelPool:
             version: a version or alias to load; default: the ``live`` alias (or what is held).
             urgent: requests are waiting (a lazy warm-up): skip the warm-up runs and let the
                 waiting requests warm the model, instead of making them wait for latency to
-                settle. The health check (itself one run) gates the model all the same.
+                settle. The health check (itself one run) gates the model all the same. When
+                the model cannot be made HOT, the waiting requests are answered with the cause
+                (see :meth:`_fail`).
 
         Raises:
             UnknownModelError: the model or version is not published.
@@ -183,23 +221,36 @@ class ModelPool:
             SnapshotError: fetching or restoring failed (typed by the snapshot layer).
         """
         target = Tier.parse(target)
-        slot = self.slot(model)
-        with slot.lock:
+        with self._locked(model) as slot:
             if version is not None and slot.manifest is not None and version not in (slot.version, "live"):
-                self.demote(model, Tier.REMOTE)  # another version: start from scratch
-            if target < slot.tier:
-                self.demote(model, target)
-                return slot
-            try:
-                for step in steps_between(slot.tier, target):
-                    self._step_up(slot, step, version, urgent)
-            except UnknownModelError:
-                with self._slots_lock:  # keep no trace of names that are not published
-                    if slot.tier == Tier.REMOTE:
-                        self.slots.pop(model, None)
-                raise
-            slot.last_used_s = time.monotonic()
+                self._demote_locked(slot, Tier.REMOTE)  # another version: start from scratch
+            if slot.retired:
+                return self.ensure(model, target, version, urgent=urgent)
+            self._ensure_locked(slot, target, version, urgent)
             return slot
+
+    def _ensure_locked(self, slot: Slot, target: Tier, version: str | None, urgent: bool) -> None:
+        if target < slot.tier:
+            self._demote_locked(slot, target)
+            return
+        if target > slot.tier or slot.health == "failing":
+            self._raise_if_backing_off(slot)
+        try:
+            for step in steps_between(slot.tier, target):
+                self._step_up(slot, step, version, urgent)
+        except UnknownModelError:
+            if slot.tier == Tier.REMOTE:  # keep no trace of names that are not published
+                self._retire(slot)
+            raise
+        except WarmstartError as e:
+            self._fail(slot, e, answer_waiting=urgent)
+            raise
+        except Exception as e:  # a factory or a forward that raised: typed, never raw
+            error = ModelExecutionError(f"model {slot.model!r} could not be made {target.name}: {type(e).__name__}: {e}")
+            log.exception("making %s %s raised", slot.model, target.name)
+            self._fail(slot, error, answer_waiting=urgent)
+            raise error from e
+        slot.last_used_s = time.monotonic()
 
     def _step_up(self, slot: Slot, step: Tier, version: str | None, urgent: bool = False) -> None:
         source = slot.tier
@@ -209,43 +260,70 @@ class ModelPool:
             slot.local = self.cache.fetch(self.store, slot.manifest)
         elif step == Tier.HOST:
             slot.need("local", "manifest")
-            if not slot.local.weights_path.exists():  # the cache evicted it since: fetch again
-                slot.local = self.cache.fetch(self.store, slot.manifest)
-            self._make_room(Tier.HOST, slot)
-            slot.host_module = restore_model(
-                slot.local.weights_path,
-                slot.manifest,
-                device="cpu",
-                populate=True,
-                allowed_architectures=self.settings.allowed_architectures,
-            )
-            if slot.golden is None:
-                slot.golden = load_golden(slot.local.golden_path, slot.manifest.golden)
+            self._reserve(slot, Tier.HOST, slot.size_bytes)
+            try:
+                if not slot.local.weights_path.exists():  # type: ignore[union-attr]  # evicted since: fetch again
+                    slot.local = self.cache.fetch(self.store, slot.manifest)  # type: ignore[arg-type]
+                self._restore_host(slot)
+                slot.tier = step
+            finally:
+                self._unreserve(slot, Tier.HOST)
         elif step == Tier.DEVICE:
-            self._make_room(Tier.DEVICE, slot)
-            slot.need("host_module")
-            if self.device.type == "cpu":
-                slot.device_module = slot.host_module  # ready on the CPU: the same memory
-            else:
-                # Module.to() moves in place, which would take the HOST copy along; restoring
-                # again from the (page-cached) mapping keeps HOST intact for a cheap demotion.
-                slot.need("local", "manifest")
-                slot.device_module = restore_model(
-                    slot.local.weights_path,
-                    slot.manifest,
-                    device=str(self.device),
-                    populate=False,
-                    allowed_architectures=self.settings.allowed_architectures,
-                )
+            slot.need("host_module", "local", "manifest")
+            self._reserve(slot, Tier.DEVICE, slot.size_bytes)
+            try:
+                if self.device.type == "cpu":
+                    slot.device_module = slot.host_module  # ready on the CPU: the same memory
+                else:
+                    # Module.to() moves in place, which would take the HOST copy along; restoring
+                    # again from the (page-cached) mapping keeps HOST intact for a cheap demotion.
+                    slot.device_module = restore_model(
+                        slot.local.weights_path,  # type: ignore[union-attr]
+                        slot.manifest,  # type: ignore[arg-type]
+                        device=str(self.device),
+                        populate=False,
+                        allowed_architectures=self.settings.allowed_architectures,
+                    )
+                slot.tier = step
+            finally:
+                self._unreserve(slot, Tier.DEVICE)
         elif step == Tier.HOT:
             self._warm_and_check(slot, max_runs=0 if urgent else self.settings.warmup_max_runs)
         slot.tier = step
-        elapsed = time.perf_counter() - t0
-        self.registry.record_transition(slot.model, source.name, step.name, elapsed)
+        self.registry.record_transition(slot.model, source.name, step.name, time.perf_counter() - t0)
         if step == Tier.HOT:
-            slot.hot_at = time.time()
+            slot.hot_at, slot.warmed_by_request = time.time(), urgent
+            slot.failure = None
             self._open_gate(slot)
         self.publish(slot)
+
+    def _restore_host(self, slot: Slot) -> None:
+        """Restore into host memory, then count what the module really holds: an architecture's
+        kwargs can create buffers far larger than the weights, and those count too."""
+        module = restore_model(
+            slot.local.weights_path,  # type: ignore[union-attr]
+            slot.manifest,  # type: ignore[arg-type]
+            device="cpu",
+            populate=True,
+            allowed_architectures=self.settings.allowed_architectures,
+        )
+        held = module_nbytes(module)
+        if held > slot.size_bytes:
+            # Count the difference before keeping the module; without room, drop it now.
+            try:
+                self._reserve(slot, Tier.HOST, held)
+            except BudgetError as e:
+                del module
+                gc.collect()
+                raise BudgetError(
+                    f"model {slot.model!r} holds {held} bytes once restored (its weights are "
+                    f"{slot.size_bytes}; its architecture's kwargs create the rest), which does not "
+                    f"fit the HOST budget: {e}"
+                ) from e
+        slot.held_bytes = held
+        slot.host_module = module
+        if slot.golden is None:
+            slot.golden = load_golden(slot.local.golden_path, slot.manifest.golden)  # type: ignore[union-attr]
 
     def _manifest(self, model: str, version: str | None) -> Manifest:
         try:
@@ -254,67 +332,80 @@ class ModelPool:
         except SnapshotNotFoundError as e:
             raise UnknownModelError(f"model {model!r} (version {version or 'live'}) is not published: {e}") from e
 
-    def _make_room(self, level: Tier, slot: Slot) -> None:
-        budget = self.settings.device_budget_bytes if level == Tier.DEVICE else self.settings.host_budget_bytes
-        with self._budget_lock:
-            busy: set[str] = set()
-            while True:
-                victims = choose_demotions(self.residents({slot.model} | busy), level, slot.size_bytes, budget)
-                for victim in victims:
-                    victim_slot = self.slots.get(victim.model)
-                    if victim_slot is None:
-                        continue
-                    # Never wait for another model's lock while holding the budget lock: its
-                    # holder may be waiting for the budget lock (a deadlock). Skip it instead.
-                    if not victim_slot.lock.acquire(blocking=False):
-                        busy.add(victim.model)
-                        break
-                    try:
-                        log.info("demoting %s below %s to make room for %s", victim.model, level.name, slot.model)
-                        self.demote(victim.model, Tier(level - 1))
-                    finally:
-                        victim_slot.lock.release()
-                else:
-                    return
-
     def _warm_and_check(self, slot: Slot, max_runs: int) -> None:
         slot.need("device_module", "golden", "manifest")
-        golden_in, _ = slot.golden
+        golden_in, _ = slot.golden  # type: ignore[misc]
         if max_runs > 0:
             inputs = [self._to_device(golden_in)] + [self._to_device(s) for s in slot.samples]
-            slot.warmup = warm_up(slot.device_module, inputs, max_runs=max_runs, max_s=self.settings.warmup_max_s)
+            slot.warmup = warm_up(
+                slot.device_module,  # type: ignore[arg-type]
+                inputs,
+                max_runs=max_runs,
+                max_s=self.settings.warmup_max_s,
+                run_timeout_s=self.settings.health_timeout_s,
+            )
         result = self._check(slot)
         if max_runs == 0:  # the health check's own run was the only (cold) one
             slot.warmup = WarmupResult(0, result.latency_s, result.latency_s, False, result.latency_s)
         if not result.ok:
-            raise HealthCheckError(f"model {slot.model!r} failed its golden check: {result.reason}")
+            raise slot.failure or HealthCheckError(f"model {slot.model!r} failed its golden check: {result.reason}")
 
     def _check(self, slot: Slot) -> HealthResult:
         slot.need("device_module", "golden", "manifest")
-        golden_in, golden_out = slot.golden
+        golden_in, golden_out = slot.golden  # type: ignore[misc]
         result = health_check(
-            slot.device_module,
+            slot.device_module,  # type: ignore[arg-type]
             self._to_device(golden_in),
             golden_out,
-            rtol=slot.manifest.golden.rtol,
-            atol=slot.manifest.golden.atol,
+            rtol=slot.manifest.golden.rtol,  # type: ignore[union-attr]
+            atol=slot.manifest.golden.atol,  # type: ignore[union-attr]
             timeout_s=self.settings.health_timeout_s,
         )
         if result.ok:
-            slot.health, slot.last_error, slot.failures = "ok", None, 0
+            slot.health, slot.last_error, slot.failures, slot.failure = "ok", None, 0, None
         else:
-            self._mark_failing(slot, result.reason)
+            self._mark_failing(slot, result.reason, HealthCheckError(f"model {slot.model!r} failed its golden check: {result.reason}"))
         return result
 
-    def _mark_failing(self, slot: Slot, reason: str) -> None:
-        slot.health, slot.last_error = "failing", reason
+    def _mark_failing(self, slot: Slot, reason: str, error: WarmstartError) -> None:
+        slot.health, slot.last_error, slot.failure = "failing", reason, error
         slot.failures += 1
         slot.retry_at_s = time.monotonic() + min(MAX_BACKOFF_S, 2.0 ** (slot.failures - 1))
         if slot.tier == Tier.HOT:
             slot.tier = Tier.DEVICE
         self._close_gate(slot)
-        log.warning("model %s failed its health check (%s); gated off", slot.model, reason)
+        log.warning("model %s is failing (%s); gated off, retry in %.0f s", slot.model, reason,
+                    slot.retry_at_s - time.monotonic())  # fmt: skip
         self.publish(slot)
+
+    def _fail(self, slot: Slot, error: WarmstartError, *, answer_waiting: bool) -> None:
+        """A promotion failed: record why (``status`` shows it), back off, and when requests
+        wait for this model and no worker serves it, consume its queue to answer each of
+        them with the cause rather than leave them to time out."""
+        if slot.retired:
+            return
+        if slot.health != "failing" or slot.failure is not error:
+            self._mark_failing(slot, str(error), error)
+        if answer_waiting and not slot.consuming and not self._served_elsewhere(slot.model):
+            log.warning("answering requests for %s with its error until it recovers", slot.model)
+            self._open_gate(slot)
+            self.publish(slot)
+
+    def _raise_if_backing_off(self, slot: Slot) -> None:
+        """A model that failed is tried again only once its backoff has passed: until then,
+        whoever wants it (a request, a pre-warm) gets the cause, not another attempt."""
+        if slot.health == "failing" and slot.failure is not None and time.monotonic() < slot.retry_at_s:
+            wait_s = slot.retry_at_s - time.monotonic()
+            raise type(slot.failure)(
+                f"{slot.failure} (model {slot.model!r} is failing on worker {self.worker}; it is "
+                f"retried in {wait_s:.0f} s)"
+            )
+
+    def _served_elsewhere(self, model: str) -> bool:
+        try:
+            return any(w != self.worker for w in self.registry.hot_workers(model))
+        except WarmstartError:
+            return False
 
     def _to_device(self, tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if self.device.type == "cpu":
@@ -345,154 +436,185 @@ class ModelPool:
         """
         if self.registry.hot_workers(model) or not self.registry.queued_requests(model):
             return False
-        if not self.registry.claim_prewarm(model, self.settings.prewarm_claim_s):
+        claim = self.registry.claim_prewarm(model, self.settings.prewarm_claim_s)
+        if not claim:
             return False
-        self.gate.request_prewarm(model)
+        self.gate.request_prewarm(model, claim)
         return True
 
     # --- demotion -------------------------------------------------------------------------
 
     def demote(self, model: str, target: Tier | str) -> Slot:
-        """Lower ``model`` to ``target`` (HOT → DEVICE closes its queue first)."""
+        """Lower ``model`` to ``target`` (HOT → DEVICE stops consuming its queue first, and
+        in-flight requests finish before a module is dropped)."""
         target = Tier.parse(target)
-        slot = self.slot(model)
-        with slot.lock:
-            for step in steps_between(slot.tier, target):
-                source = slot.tier
-                t0 = time.perf_counter()
-                if source == Tier.HOT:
-                    self._close_gate(slot)
-                elif source == Tier.DEVICE:
-                    slot.device_module = None
-                elif source == Tier.HOST:
-                    slot.host_module = None
-                    gc.collect()  # drop the mapping now, not at some later collection
-                elif source == Tier.DISK and slot.manifest is not None:
-                    self.cache.evict(slot.model, slot.manifest.version)
-                    slot.local = None
-                slot.tier = step
-                self.registry.record_transition(model, source.name, step.name, time.perf_counter() - t0)
-            if slot.tier == Tier.REMOTE:
-                slot.manifest, slot.golden = None, None
-                with self._slots_lock:
-                    self.slots.pop(model, None)
-                self.registry.remove_model(self.worker, model)
-            else:
-                self.publish(slot)
+        with self._locked(model) as slot:
+            self._demote_locked(slot, target)
             return slot
 
+    def _demote_locked(self, slot: Slot, target: Tier) -> None:
+        if target >= slot.tier and not (target == Tier.REMOTE and slot.tier == Tier.REMOTE):
+            return
+        if slot.consuming:
+            self._close_gate(slot)  # no new request reaches this worker for the model
+        self._drain(slot)
+        for step in steps_between(slot.tier, target):
+            source = slot.tier
+            t0 = time.perf_counter()
+            if source == Tier.DEVICE:
+                slot.device_module = None
+            elif source == Tier.HOST:
+                slot.host_module, slot.held_bytes = None, 0
+                gc.collect()  # drop the mapping now, not at some later collection
+            elif source == Tier.DISK and slot.manifest is not None:
+                self.cache.evict(slot.model, slot.manifest.version)
+                slot.local = None
+            slot.tier = step
+            self.registry.record_transition(slot.model, source.name, step.name, time.perf_counter() - t0)
+        if slot.tier == Tier.REMOTE:
+            slot.manifest, slot.golden = None, None
+            self._retire(slot)
+            self.registry.remove_model(self.worker, slot.model)
+        else:
+            self.publish(slot)
+
+    def _drain(self, slot: Slot) -> None:
+        """Wait (releasing the lock) until no request holds a lease on the slot's module, at
+        most the inference timeout: a forward that hangs longer keeps its module alive by
+        itself, and the budget no longer counts it."""
+        if not slot.in_flight:
+            return
+        slot.draining = True
+        try:
+            deadline = time.monotonic() + self.settings.inference_timeout_s
+            while slot.in_flight and (left := deadline - time.monotonic()) > 0:
+                slot.changed.wait(left)
+            if slot.in_flight:
+                log.warning("demoting %s with %d request(s) still running past %.0f s", slot.model,
+                            slot.in_flight, self.settings.inference_timeout_s)  # fmt: skip
+        finally:
+            slot.draining = False
+            slot.changed.notify_all()
+
     # --- serving --------------------------------------------------------------------------
+
+    def _lease(self, model: str) -> Lease:
+        """Take the model's runnable module for one request, promoting it first when needed.
+
+        A request that reaches a worker where the model is not HOT (a message prefetched just
+        before its queue was closed, or the lazy path) promotes it, unless the model failed
+        and its backoff has not passed: then the request is answered with the cause.
+        """
+        with self._locked(model) as slot:
+            while slot.draining:
+                slot.changed.wait()
+            if slot.retired:
+                return self._lease(model)
+            if slot.tier < Tier.DEVICE or slot.health == "failing":
+                self._ensure_locked(slot, Tier.HOT, None, urgent=True)
+            slot.need("manifest", "device_module")
+            slot.in_flight += 1
+            return Lease(slot, slot.device_module, slot.manifest)  # type: ignore[arg-type]
+
+    def _give_back(self, lease: Lease) -> None:
+        slot = lease.slot
+        with slot.lock:
+            slot.in_flight -= 1
+            slot.last_used_s = time.monotonic()
+            slot.changed.notify_all()
 
     def infer(self, model: str, inputs_payload: object) -> dict[str, Any]:
         """Answer one request: decode and check inputs, run, check outputs, encode.
 
-        A request that reaches a worker where the model is not HOT (a message prefetched just
-        before its queue was closed) is answered after a lazy promotion, never dropped.
-
         Raises:
             InvalidInputError, PayloadTooLargeError: the inputs are wrong for this model.
+            ModelExecutionError: the model's forward raised on these inputs.
             NonFiniteOutputError: the model produced NaN/inf (a health check follows).
             UnknownModelError: the model is not published.
+            WarmstartError: the model cannot be made HOT here (the cause's own type).
         """
-        slot = self.slot(model)
-        with slot.lock:
-            if slot.tier < Tier.DEVICE or slot.health == "failing":
-                self.ensure(model, Tier.HOT, urgent=True)
-            slot.in_flight += 1
+        lease = self._lease(model)
         try:
-            slot.need("manifest", "device_module")
-            inputs = decode_inputs(inputs_payload, slot.manifest.inputs, max_bytes=self.settings.max_payload_bytes)
+            inputs = decode_inputs(inputs_payload, lease.manifest.inputs, max_bytes=self.settings.max_payload_bytes)
             started = time.time()
             t0 = time.perf_counter()
-            outputs = run_model(slot.device_module, self._to_device(inputs))
+            try:
+                outputs = run_model(lease.module, self._to_device(inputs))
+            except WarmstartError:
+                raise
+            except Exception as e:  # the model's own error on this request: an answer, not a crash
+                raise ModelExecutionError(
+                    f"model {model!r} raised {type(e).__name__} on this request: {e}. Check the inputs "
+                    "against the model's input spec (`warmstart inspect`)"
+                ) from e
             forward_s = time.perf_counter() - t0
             try:
                 check_finite(outputs, model)
-            except Exception:
+            except WarmstartError:
                 threading.Thread(target=self.check_health, args=(model,), daemon=True).start()
                 raise
-            slot.samples.append(inputs)
+            lease.slot.samples.append(inputs)
             return {
                 "model": model,
-                "version": slot.version,
+                "version": lease.manifest.version,
                 "worker": self.worker,
                 "outputs": encode_tensors(outputs),
                 "started_at": started,
                 "forward_ms": forward_s * 1000,
             }
         finally:
-            slot.in_flight -= 1
-            slot.last_used_s = time.monotonic()
+            self._give_back(lease)
 
     def keep_warm(self, model: str) -> dict[str, Any]:
-        """A tiny inference that proves the model still answers and refreshes its idle clock."""
-        slot = self.slot(model)
-        if slot.tier < Tier.DEVICE or slot.golden is None or slot.device_module is None:
-            return {"model": model, "tier": slot.tier.name, "answered": False}
-        t0 = time.perf_counter()
-        run_model(slot.device_module, self._to_device(slot.golden[0]))
-        slot.last_used_s = time.monotonic()
-        return {"model": model, "tier": slot.tier.name, "answered": True, "latency_ms": (time.perf_counter() - t0) * 1000}
+        """A tiny inference that proves the model still answers and refreshes its idle clock.
+        A model below DEVICE is not promoted for it."""
+        with self._locked(model) as slot:
+            if slot.tier < Tier.DEVICE or slot.golden is None or slot.device_module is None or slot.draining:
+                tier = slot.tier
+                if slot.tier == Tier.REMOTE:
+                    self._retire(slot)
+                return {"model": model, "tier": tier.name, "answered": False}
+            slot.in_flight += 1
+            lease = Lease(slot, slot.device_module, slot.manifest)  # type: ignore[arg-type]
+            golden_in = slot.golden[0]
+        try:
+            t0 = time.perf_counter()
+            run_model(lease.module, self._to_device(golden_in))
+            latency_ms = (time.perf_counter() - t0) * 1000
+        except Exception as e:
+            raise ModelExecutionError(f"model {model!r} raised {type(e).__name__} on its keep-warm run: {e}") from e
+        finally:
+            self._give_back(lease)
+        return {"model": model, "tier": slot.tier.name, "answered": True, "latency_ms": latency_ms}
 
     def check_health(self, model: str) -> dict[str, Any]:
-        """Run the golden check now. A failure gates the model off at once; a failing model
-        whose backoff has passed is re-warmed and re-checked, and re-joins when it passes."""
-        slot = self.slot(model)
-        with slot.lock:
-            if slot.tier < Tier.DEVICE or slot.device_module is None:
-                return {"model": model, "tier": slot.tier.name, "checked": False}
-            if slot.health == "failing":
-                if time.monotonic() < slot.retry_at_s:
-                    return {"model": model, "tier": slot.tier.name, "checked": False, "health": "failing"}
-                try:
-                    self.ensure(model, Tier.HOT)  # warm-up + check; opens the gate on success
-                    ok, reason = True, "ok"
-                except HealthCheckError as e:
-                    ok, reason = False, str(e)
-            else:
-                result = self._check(slot)
-                ok, reason = result.ok, result.reason
-            self.publish(slot)
-            return {"model": model, "tier": slot.tier.name, "checked": True, "ok": ok, "reason": reason}
+        """Run the golden check of ``model`` now (see :meth:`HealthKeeper.check`)."""
+        return self.health.check(model)
 
     def health_tick(self) -> None:
         """Check every model that is HOT, or failing and due for a retry."""
-        for model in list(self.slots):
-            slot = self.slots.get(model)
-            if slot is not None and (slot.tier == Tier.HOT or slot.health == "failing"):
-                try:
-                    self.check_health(model)
-                except Exception:  # one model's failure must not stop the others' checks
-                    log.exception("health check of %s raised", model)
+        self.health.tick()
+
+    def verify_cached(self, max_bytes: int) -> list[tuple[str, str, bool]]:
+        """Re-hash cached snapshots, at most ``max_bytes`` (see :meth:`HealthKeeper.verify_cached`)."""
+        return self.health.verify_cached(max_bytes)
 
     # --- reporting ------------------------------------------------------------------------
 
-    def model_state(self, slot: Slot) -> dict[str, Any]:
-        warm = slot.warmup
-        return {
-            "model": slot.model,
-            "version": slot.version,
-            "tier": slot.tier.name,
-            "health": slot.health,
-            "last_error": slot.last_error,
-            "consuming": slot.consuming,
-            "size_bytes": slot.size_bytes,
-            "cold_latency_ms": warm.cold_latency_s * 1000 if warm else None,
-            "settled_latency_ms": warm.settled_latency_s * 1000 if warm else None,
-            "warmup_runs": warm.runs if warm else None,
-            "hot_at": slot.hot_at,
-            "gate_opened_at": slot.gate_opened_at,
-            "updated_at": time.time(),
-        }
-
     def publish(self, slot: Slot) -> None:
-        self.registry.put_model(self.worker, self.model_state(slot))
+        self.registry.put_model(self.worker, slot.state())
+
+    def republish(self) -> None:
+        """Publish every model's state again (the registry lost it: Redis restarted empty)."""
+        for slot in list(self.slots.values()):
+            if slot.tier > Tier.REMOTE and not slot.retired:
+                self.publish(slot)
 
     def usage(self) -> dict[str, int]:
         residents = self.residents()
         return {
-            "host_bytes": sum(r.size_bytes for r in residents if r.tier >= Tier.HOST),
-            "device_bytes": sum(r.size_bytes for r in residents if r.tier >= Tier.DEVICE),
+            "host_bytes": used_bytes(residents, Tier.HOST) + self._reservations.total(Tier.HOST),
+            "device_bytes": used_bytes(residents, Tier.DEVICE) + self._reservations.total(Tier.DEVICE),
             "cache_bytes": self.cache.usage_bytes(),
         }
 
@@ -506,5 +628,5 @@ class ModelPool:
                 "device_bytes": self.settings.device_budget_bytes,
             },
             "usage": self.usage(),
-            "models": {m: self.model_state(s) for m, s in list(self.slots.items())},
+            "models": {m: s.state() for m, s in list(self.slots.items())},
         }

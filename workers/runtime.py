@@ -52,8 +52,10 @@ class CeleryGate:
     def close(self, model: str) -> None:
         self.app.control.cancel_consumer(infer_queue(model), destination=[self.nodename], reply=False)
 
-    def request_prewarm(self, model: str) -> None:
-        self.app.send_task(TASK_PREWARM, kwargs={"model": model, "tier": "HOT", "lazy": True}, queue=PREWARM_QUEUE)
+    def request_prewarm(self, model: str, claim: str | None = None) -> None:
+        # The claim's token is the task's id, so the pre-warm releases that claim and no other.
+        self.app.send_task(TASK_PREWARM, kwargs={"model": model, "tier": "HOT", "lazy": True},
+                           queue=PREWARM_QUEUE, task_id=claim)  # fmt: skip
 
 
 class WorkerRuntime:
@@ -107,6 +109,8 @@ class WorkerRuntime:
     def start_background(self) -> None:
         self._loop("heartbeat", self.settings.heartbeat_interval_s, self._beat, run_first=True)
         self._loop("health", self.settings.health_interval_s, self.pool.health_tick)
+        if self.settings.verify_interval_s > 0:
+            self._loop("verify", self.settings.verify_interval_s, self._verify_cache)
         eager = self.eager_models()
         if eager:
             thread = threading.Thread(target=self._warm_eager, args=(eager,), name="warmstart-eager", daemon=True)
@@ -114,15 +118,24 @@ class WorkerRuntime:
             self._threads.append(thread)
 
     def _beat(self) -> None:
-        self.registry.heartbeat(self.name, self.heartbeat_info(), self.settings.heartbeat_ttl_s)
+        # The registry answers True when it had lost this worker (Redis restarted empty, or
+        # the heartbeat expired): publish every model again, so the hot sets are whole again
+        # within one heartbeat.
+        if self.registry.heartbeat(self.name, self.heartbeat_info(), self.settings.heartbeat_ttl_s):
+            self.pool.republish()
+
+    def _verify_cache(self) -> None:
+        self.pool.verify_cached(self.settings.verify_bytes_per_interval)
 
     def _warm_eager(self, models: list[str]) -> None:
+        # Each model on its own: one that cannot be warmed (not published, failing its
+        # check, a forward that raises) must not keep the others cold.
         for model in models:
             try:
                 self.pool.ensure(model, "HOT")
                 log.info("eager model %s is HOT", model)
-            except WarmstartError as e:
-                log.error("eager model %s could not be warmed: %s", model, e)
+            except Exception as e:
+                log.error("eager model %s could not be warmed: %s: %s", model, type(e).__name__, e)
 
     def _loop(self, name: str, interval_s: float, body: Any, run_first: bool = False) -> None:
         def run() -> None:

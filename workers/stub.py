@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections import defaultdict
 from typing import Any
 
@@ -36,7 +37,7 @@ class StubGate:
             self.open_queues.discard(model)
             self.events.append(("close", model))
 
-    def request_prewarm(self, model: str) -> None:
+    def request_prewarm(self, model: str, claim: str | None = None) -> None:
         with self._lock:
             self.events.append(("prewarm", model))
 
@@ -54,14 +55,17 @@ class StubRegistry:
         self.models: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
         self.hot: dict[str, set[str]] = defaultdict(set)
         self.costs: dict[str, dict[str, float]] = defaultdict(dict)
-        self.claims: dict[str, float] = {}
+        self.claims: dict[str, tuple[str, float]] = {}
         self.redeliveries: dict[str, int] = defaultdict(int)
         #: Requests waiting per model queue; tests set it to exercise the rescue path.
         self.queued: dict[str, int] = defaultdict(int)
 
-    def heartbeat(self, worker: str, info: dict[str, Any], ttl_s: float) -> None:
+    def heartbeat(self, worker: str, info: dict[str, Any], ttl_s: float) -> bool:
+        """True when the registry did not know the worker (as after Redis restarted empty)."""
         with self._lock:
+            known = worker in self.heartbeats
             self.heartbeats[worker] = {**info, "name": worker, "heartbeat_at": time.time()}
+            return not known
 
     def put_model(self, worker: str, state: dict[str, Any]) -> None:
         model = state["model"]
@@ -92,17 +96,24 @@ class StubRegistry:
             self.redeliveries[task_id] += 1
             return self.redeliveries[task_id]
 
-    def claim_prewarm(self, model: str, ttl_s: float) -> bool:
+    def claim_prewarm(self, model: str, ttl_s: float) -> str | None:
+        """A token for the one caller that may send a lazy pre-warm now, else None."""
         now = time.monotonic()
         with self._lock:
-            if self.claims.get(model, 0.0) > now:
-                return False
-            self.claims[model] = now + ttl_s
-            return True
+            if model in self.claims and self.claims[model][1] > now:
+                return None
+            token = uuid.uuid4().hex
+            self.claims[model] = (token, now + ttl_s)
+            return token
 
-    def release_prewarm(self, model: str) -> None:
+    def release_prewarm(self, model: str, token: str | None = None) -> bool:
+        """Release the claim; with a token, only when it is that claim."""
         with self._lock:
-            self.claims.pop(model, None)
+            held = self.claims.get(model)
+            if held is None or (token is not None and held[0] != token):
+                return False
+            del self.claims[model]
+            return True
 
     def workers(self) -> tuple[dict[str, dict[str, Any]], list[str]]:
         with self._lock:

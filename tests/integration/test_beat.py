@@ -175,12 +175,12 @@ BUDGETS = {"device_bytes": 2**30, "host_bytes": 2**30, "cache_bytes": 2**32}
 
 
 def report_hot(registry: WorkerRegistry, worker: str, model: str, hot_at: float, *, lazy: bool) -> None:
-    """What a worker publishes once ``model`` is HOT: a lazy (request) warm-up skips the
-    warm-up runs, so it reports 0 of them."""
+    """What a worker publishes once ``model`` is HOT: ``warmed_by_request`` says whether a
+    lazy (request) warm-up or a planned pre-warm made it so."""
     registry.heartbeat(worker, {"budgets": BUDGETS}, 60)
     registry.put_model(worker, {"model": model, "tier": "HOT", "consuming": True, "health": "ok",
                                 "size_bytes": 4096, "warmup_runs": 0 if lazy else 5,
-                                "hot_at": hot_at})
+                                "warmed_by_request": lazy, "hot_at": hot_at})
 
 
 @pytest.mark.parametrize("profile", ["dev", "prod"])

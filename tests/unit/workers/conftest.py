@@ -17,7 +17,7 @@ from warmstart.snapshot.publish import publish_module
 from warmstart.snapshot.stores.local import LocalStore
 from warmstart.workers.pool import ModelPool
 from warmstart.workers.stub import StubGate, StubRegistry
-from tests.models import FLAKY, TINY, build_tiny
+from tests.models import BUFFERED, FLAKY, TINY, build_buffered, build_flaky, build_tiny
 
 TINY_INPUTS = (InputSpec("x", "float32", ("batch", 8)),)
 
@@ -32,19 +32,25 @@ class PoolKit:
         self.registry = StubRegistry()
         self.pool: ModelPool | None = None
 
-    def publish(self, model: str, version: str = "v1", **kwargs: Any) -> torch.nn.Module:
+    def publish(
+        self, model: str, version: str = "v1", *, factory: str = TINY, inputs: Any = TINY_INPUTS,
+        golden_inputs: dict[str, torch.Tensor] | None = None, **kwargs: Any,
+    ) -> torch.nn.Module:
+        """Publish a test model (tiny by default) and return the module it was published from."""
         torch.manual_seed(len(model))
-        module = build_tiny(**kwargs)
+        build = {TINY: build_tiny, FLAKY: build_flaky, BUFFERED: build_buffered}[factory]
+        module = build(**kwargs)
         publish_module(
-            self.store, model, version, module, {"factory": TINY, "kwargs": kwargs}, TINY_INPUTS,
-            allowed_architectures=[TINY], show_progress=False,
+            self.store, model, version, module, {"factory": factory, "kwargs": kwargs}, inputs,
+            golden_inputs, allowed_architectures=[factory], show_progress=False,
         )  # fmt: skip
         return module
 
     def make_pool(self, **overrides: Any) -> ModelPool:
         settings: Settings = load_settings(**{
             "store_url": f"file://{self.tmp / 'store'}", "cache_dir": str(self.tmp / "cache"),
-            "allowed_architectures": [TINY, FLAKY], "warmup_max_runs": 2, "device": "cpu", **overrides,
+            "allowed_architectures": [TINY, FLAKY, BUFFERED], "warmup_max_runs": 2, "device": "cpu",
+            "verify_interval_s": 0, **overrides,
         })  # fmt: skip
         cache = SnapshotCache(settings.cache_dir, settings.cache_budget_bytes)
         self.pool = ModelPool(settings, "w1", self.store, cache, self.registry, self.gate, torch.device("cpu"))

@@ -40,3 +40,14 @@ def test_infer_answers_with_the_models_outputs(kit: PoolKit) -> None:
     (got,) = decode_outputs(answer["outputs"]).values()
     with torch.no_grad():
         assert torch.allclose(got, module(x), atol=1e-6)
+
+
+def test_the_state_says_whether_a_request_or_a_prewarm_made_the_model_hot(kit: PoolKit) -> None:
+    kit.publish("lazy")
+    kit.publish("planned")
+    pool = kit.make_pool()
+    pool.ensure("lazy", Tier.HOT, urgent=True)
+    pool.ensure("planned", Tier.HOT)
+    states = kit.registry.models_of("w1")
+    assert states["lazy"]["warmed_by_request"] is True
+    assert states["planned"]["warmed_by_request"] is False
