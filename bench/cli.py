@@ -76,3 +76,54 @@ def serve(
     if json_path is not None:
         write_json(json_path, result)
         click.echo(f"wrote {json_path}", err=True)
+
+
+@bench.command("faults")
+@click.option("--requests", type=click.IntRange(min=1), default=3000, show_default=True,
+              help="Requests to send (each retried while sending fails).")
+@click.option("--rate", "rate_per_s", type=click.FloatRange(min=0, min_open=True), default=40.0, show_default=True,
+              help="Requests per second, at a fixed rate.")
+@click.option("--clients", type=click.IntRange(min=1, max=64), default=4, show_default=True,
+              help="Client threads sending the requests.")
+@click.option("--faults", "faults_csv", default="kill-worker,restart-redis,kill-beat,term-worker,s3-outage",
+              show_default=True, help="Faults to inject, in order, spread evenly over the load ('' for none).")
+@click.option("--answer-timeout-s", type=click.FloatRange(min=0, min_open=True), default=60.0, show_default=True,
+              help="How long a sent request may wait for its answer before it counts as lost.")
+@click.option("--s3-outage-s", type=click.FloatRange(min=0), default=8.0, show_default=True,
+              help="How long S3 stays down.")
+@click.option("--redis-down-s", type=click.FloatRange(min=0), default=1.0, show_default=True,
+              help="How long Redis stays down when it is restarted.")
+@click.option("--visibility-timeout-s", type=click.FloatRange(min=0, min_open=True), default=5.0, show_default=True,
+              help="When a dead worker's unacknowledged request goes to another worker.")
+@click.option("--seed", type=int, default=7, show_default=True, help="Seeds the request mix.")
+@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Parent of the run's temporary directory (default: the system temp dir).")
+@click.option("--logs-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Keep every worker's and beat's full log here.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the result as JSON to this file.")
+def faults(
+    requests: int, rate_per_s: float, clients: int, faults_csv: str, answer_timeout_s: float, s3_outage_s: float,
+    redis_down_s: float, visibility_timeout_s: float, seed: int, workdir: Path | None, logs_dir: Path | None,
+    json_path: Path | None,
+) -> None:
+    """Faults under load: kill and stop workers, kill the leading beat, restart Redis, take
+    S3 away, and count lost, wrong, duplicated and failed requests. Starts its own
+    redis-server, S3 (moto), workers and beats."""
+    from warmstart.bench.faults import FAULTS, FaultBenchConfig, faults_tables, run_faults_benchmark
+    from warmstart.bench.report import print_tables, write_json
+
+    chosen = tuple(f.strip() for f in faults_csv.split(",") if f.strip())
+    unknown = [f for f in chosen if f not in FAULTS]
+    if unknown or len(set(chosen)) != len(chosen):
+        raise click.BadParameter(f"choose distinct faults among {', '.join(FAULTS)}", param_hint="--faults")
+    config = FaultBenchConfig(
+        requests=requests, rate_per_s=rate_per_s, clients=clients, faults=chosen, answer_timeout_s=answer_timeout_s,
+        s3_outage_s=s3_outage_s, redis_down_s=redis_down_s, visibility_timeout_s=visibility_timeout_s, seed=seed,
+        workdir=workdir, logs_dir=logs_dir,
+    )  # fmt: skip
+    result = run_faults_benchmark(config, progress=lambda line: click.echo(line, err=True))
+    print_tables(faults_tables(result))
+    if json_path is not None:
+        write_json(json_path, result)
+        click.echo(f"wrote {json_path}", err=True)
