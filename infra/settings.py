@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlparse
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from warmstart.infra.errors import SettingsError
@@ -81,6 +81,9 @@ class Settings(BaseSettings):
     # it would otherwise take the fleet down in turn. After this many deliveries it is
     # answered with RequestCrashedWorkersError instead of run.
     max_deliveries: int = Field(3, ge=1)
+    # A request unanswered this long is looked for; one the broker lost (in no queue, not
+    # running, not answered) is sent again by the client (workers/delivery.py).
+    request_check_s: float = Field(5.0, gt=0)
     # Cached snapshots are re-hashed in the background, this many bytes every interval (0
     # turns it off), so a file changed on disk is found without disturbing serving.
     verify_interval_s: float = Field(60.0, ge=0)
@@ -88,6 +91,8 @@ class Settings(BaseSettings):
 
     # --- scheduler ------------------------------------------------------------------------
     plan_interval_s: float = Field(5.0, gt=0)
+    # Without Redis keyspace notifications the beat polls the queue lengths this often.
+    queue_poll_s: float = Field(0.2, gt=0)
     # The time unit of traffic recording and of the policies: one "minute" of the model.
     # 60 in production; the demo compresses a day by making it a few seconds.
     traffic_minute_s: float = Field(60.0, gt=0)
@@ -101,9 +106,29 @@ class Settings(BaseSettings):
     gpu_gb_hour_price: float = Field(2.50, ge=0)
     host_gb_hour_price: float = Field(0.005, ge=0)
 
+    # --- observability and scaling (docs/deploy.md) ---------------------------------------
+    # /metrics, /healthz and /readyz of a worker or a beat; 0 serves none (one port per
+    # process: several on one host need distinct ports). 0.0.0.0 in a container.
+    metrics_port: int = Field(0, ge=0, le=65535)
+    metrics_host: str = "127.0.0.1"
+    # Celery task events (task-sent/-received/-succeeded…) for the Celery Prometheus exporter.
+    celery_task_events: bool = False
+    # The floor and ceiling of desired_workers (the beat's scaling signal).
+    scale_min_workers: int = Field(1, ge=0)
+    scale_max_workers: int = Field(10, ge=1)
+
     _split_lists = field_validator("allowed_architectures", "eager_models", mode="before")(
         _split_csv
     )
+
+    @model_validator(mode="after")
+    def _check_scale_bounds(self) -> "Settings":
+        if self.scale_min_workers > self.scale_max_workers:
+            raise ValueError(
+                f"the scaling floor WARMSTART_SCALE_MIN_WORKERS={self.scale_min_workers} is above the ceiling "
+                f"WARMSTART_SCALE_MAX_WORKERS={self.scale_max_workers}: lower the floor or raise the ceiling"
+            )
+        return self
 
     @field_validator("store_url")
     @classmethod
@@ -135,7 +160,7 @@ def load_settings(**overrides: object) -> Settings:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as e:
         problems = "; ".join(
-            f"WARMSTART_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
+            (f"WARMSTART_{'_'.join(str(p) for p in err['loc']).upper()}: " if err["loc"] else "") + err["msg"]
             for err in e.errors()
         )
         raise SettingsError(f"invalid settings: {problems}") from e

@@ -1,4 +1,4 @@
-"""The Python client: enqueue inference, record the arrival, wake a worker when none is hot.
+"""The Python client: enqueue inference, wake a worker when none is hot, wait for the answer.
 
 ``Client(settings).infer("short-form", {"user_features": tensor, ...}, timeout_s=10)`` returns
 the model's outputs as tensors, or raises the typed error the worker answered with. Any
@@ -7,14 +7,15 @@ other Celery client can speak the same wire protocol (docs/workers.md).
 
 from __future__ import annotations
 
-import atexit
 import json
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
+import kombu.exceptions
+import redis
 import torch
 from celery import Celery
 from celery.exceptions import TimeoutError as CeleryTimeoutError
@@ -33,6 +34,7 @@ from warmstart.infra.errors import (
     InvalidInputError,
     PayloadTooLargeError,
     SnapshotNotFoundError,
+    StateUnavailableError,
     StoreError,
     UnknownModelError,
     WarmstartError,
@@ -40,7 +42,7 @@ from warmstart.infra.errors import (
 )
 from warmstart.infra.redis_client import connect
 from warmstart.infra.settings import Settings
-from warmstart.workers.arrivals import ArrivalRecorder
+from warmstart.workers.delivery import RequestTracker
 from warmstart.snapshot.catalog import resolve_version
 from warmstart.snapshot.names import validate_name
 from warmstart.snapshot.stores import open_store
@@ -98,15 +100,39 @@ def check_request_size(inputs: Mapping[str, Any], *, max_payload_bytes: int, max
         )
 
 
-class PendingInference:
-    """An enqueued request; :meth:`get` waits for its answer."""
+#: While a request is missing from everywhere, look again this often before re-sending it.
+_MISSING_RECHECK_S = 1.0
+#: Broker or backend errors a wait rides out (Redis restarting, a connection reset).
+_TRANSIENT = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, kombu.exceptions.OperationalError, OSError)
 
-    def __init__(self, result: AsyncResult, model: str, default_timeout_s: float, cold: bool = False) -> None:
+
+class PendingInference:
+    """An enqueued request; :meth:`get` waits for its answer, and re-sends the request if the
+    broker lost it (see :mod:`warmstart.workers.delivery`)."""
+
+    def __init__(
+        self,
+        result: AsyncResult,
+        model: str,
+        default_timeout_s: float,
+        cold: bool = False,
+        *,
+        tracker: RequestTracker | None = None,
+        resend: Callable[[], None] | None = None,
+        check_after_s: float = 5.0,
+        max_resends: int = 0,
+    ) -> None:
         self.result = result
         self.model = model
         self.default_timeout_s = default_timeout_s
         #: True when no worker held the model HOT as the request was sent (a cold start).
         self.cold = cold
+        #: How many times the request was sent again because the broker had lost it.
+        self.resends = 0
+        self._tracker = tracker
+        self._resend = resend
+        self._check_after_s = check_after_s
+        self._max_resends = max_resends
         self._answer: dict[str, Any] | None = None
 
     @property
@@ -122,12 +148,9 @@ class PendingInference:
         if self._answer is None:
             wait = self.default_timeout_s if timeout_s is None else timeout_s
             try:
-                answer = self.result.get(timeout=wait, propagate=True, interval=0.005)
-            except CeleryTimeoutError as e:
-                raise InferenceTimeoutError(
-                    f"no answer from {self.model!r} within {wait}s; the request stays queued and will "
-                    "still be answered. Is a worker running (`warmstart status`)?"
-                ) from e
+                answer = self._wait(wait)
+            except InferenceTimeoutError:
+                raise
             except Exception:  # a task failure Celery stored: read, so delete it too
                 self._forget()
                 raise
@@ -138,6 +161,56 @@ class PendingInference:
         if not self._answer.get("ok"):
             raise error_from_dict(self._answer.get("error", {}))
         return self._answer
+
+    def _wait(self, wait_s: float) -> Any:
+        """Wait for the answer in slices; between them, make sure the request still exists."""
+        deadline = time.monotonic() + wait_s
+        next_check = time.monotonic() + self._check_after_s
+        missing_since: float | None = None
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                resent = f" (sent again {self.resends} times: the broker had lost it)" if self.resends else ""
+                raise InferenceTimeoutError(
+                    f"no answer from {self.model!r} within {wait_s}s{resent}; it may still be answered "
+                    "later. Is a worker running (`warmstart status`)?"
+                )
+            try:
+                return self.result.get(timeout=max(0.01, min(left, next_check - time.monotonic())),
+                                       propagate=True, interval=0.005)  # fmt: skip
+            except CeleryTimeoutError:
+                pass
+            except _TRANSIENT as e:  # Redis restarting: ride it out until the deadline
+                log.warning("waiting for %s: %s; retrying", self.id, e)
+                time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+            if self._tracker is None or self._resend is None or time.monotonic() < next_check:
+                continue
+            missing_since = self._check_presence(missing_since)
+            next_check = time.monotonic() + (_MISSING_RECHECK_S if missing_since else self._check_after_s)
+
+    def _check_presence(self, missing_since: float | None) -> float | None:
+        """Look for the request; send it again when it has been missing for a while.
+        Returns when it was first seen missing (None: it is somewhere)."""
+        try:
+            where = self._tracker.locate(self.id, infer_queue(self.model))  # type: ignore[union-attr]
+        except WarmstartError as e:
+            log.warning("could not look for request %s: %s", self.id, e)
+            return missing_since
+        if where != "missing":
+            return None
+        now = time.monotonic()
+        if missing_since is None or now - missing_since < _MISSING_RECHECK_S:
+            return missing_since or now
+        if self.resends >= self._max_resends:
+            return missing_since
+        log.warning("request %s for %r is in no queue, not running and not answered: sending it again",
+                    self.id, self.model)  # fmt: skip
+        try:
+            self._resend()  # type: ignore[misc]
+            self.resends += 1
+        except (WarmstartError, *_TRANSIENT) as e:
+            log.warning("could not send request %s again: %s", self.id, e)
+        return None
 
     def _forget(self) -> None:
         try:
@@ -150,48 +223,6 @@ class PendingInference:
         return decode_outputs(self.raw(timeout_s)["outputs"])
 
 
-class ArrivalBuffer:
-    """Records arrivals off the request path: ``add`` only appends; a background thread sends
-    them to Redis in one pipelined round trip every ``flush_s`` (the scheduler works in whole
-    minutes, so a few milliseconds of delay change nothing)."""
-
-    def __init__(self, recorder: ArrivalRecorder, flush_s: float = 0.05) -> None:
-        self.recorder = recorder
-        self.flush_s = flush_s
-        self._pending: list[tuple[str, int, float]] = []
-        self._lock = threading.Lock()
-        self._wake = threading.Event()
-        self._closed = False
-        self._thread = threading.Thread(target=self._run, name="warmstart-arrivals", daemon=True)
-        self._thread.start()
-        atexit.register(self.close)
-
-    def add(self, model: str) -> None:
-        with self._lock:
-            self._pending.append((model, 1, time.time()))
-
-    def flush(self) -> None:
-        with self._lock:
-            batch, self._pending = self._pending, []
-        if batch:
-            try:
-                self.recorder.record_many(batch)
-            except WarmstartError as e:  # traffic statistics must never fail a request
-                log.warning("could not record %d arrivals: %s", len(batch), e)
-
-    def _run(self) -> None:
-        while not self._closed:
-            self._wake.wait(self.flush_s)
-            self.flush()
-
-    def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self._wake.set()
-            self._thread.join(timeout=5)
-            self.flush()
-
-
 class Client:
     """Sends inference requests; one per process is enough (thread-safe)."""
 
@@ -200,8 +231,7 @@ class Client:
         self.app = app or create_app(settings)
         redis_client = connect(settings.redis_url)
         self.registry = WorkerRegistry(redis_client)
-        self.traffic = ArrivalRecorder(redis_client, settings.traffic_retention_min, settings.traffic_minute_s)
-        self.arrivals = ArrivalBuffer(self.traffic)
+        self.tracker = RequestTracker(redis_client)
         self._store = None
         self._known: dict[str, float] = {}
         self._store_down_until = 0.0
@@ -246,9 +276,11 @@ class Client:
     def submit(self, model: str, inputs: Mapping[str, Any], *, timeout_s: float | None = None) -> PendingInference:
         """Enqueue one request and return at once.
 
-        Records the arrival (the scheduler's traffic) and, when no worker holds the model HOT,
-        sends one lazy pre-warm that a worker with room takes: the request waits in its queue
-        and is answered as soon as a worker joins it.
+        When no worker holds the model HOT, sends one lazy pre-warm that a worker with room
+        takes: the request waits in its queue and is answered as soon as a worker joins it.
+        (The beat sends the same pre-warm for any client, under the same claim, so never two;
+        sending it here saves the beat's hop and works without a beat.) The arrival itself is
+        recorded by the beat from the queue, whoever sent the request.
 
         The store is asked whether the model is published only when no worker serves it:
         serving what is HOT does not depend on the store.
@@ -269,19 +301,39 @@ class Client:
             inputs, max_payload_bytes=self.settings.max_payload_bytes, max_message_bytes=self.settings.max_message_bytes
         )
         payload = self.encode_inputs(inputs)
-        self.arrivals.add(model)
         claim = self.registry.claim_prewarm(model, self.settings.prewarm_claim_s) if cold else None
         if claim:
             # The claim's token is the task's id: the pre-warm releases its own claim, no other.
-            self.app.send_task(TASK_PREWARM, kwargs={"model": model, "tier": "HOT", "lazy": True},
-                               queue=PREWARM_QUEUE, task_id=claim)  # fmt: skip
-        result = self.app.send_task(TASK_INFER, kwargs={"model": model, "inputs": payload}, queue=infer_queue(model))
+            self._send(TASK_PREWARM, {"model": model, "tier": "HOT", "lazy": True}, PREWARM_QUEUE, task_id=claim)
+        kwargs = {"model": model, "inputs": payload}
+        result = self._send(TASK_INFER, kwargs, infer_queue(model))
+
+        def resend() -> None:
+            self._send(TASK_INFER, kwargs, infer_queue(model), task_id=str(result.id))
+
         wait_s = self.settings.inference_timeout_s if timeout_s is None else timeout_s
-        return PendingInference(result, model, wait_s, cold=cold)
+        return PendingInference(
+            result, model, wait_s, cold=cold, tracker=self.tracker, resend=resend,
+            check_after_s=self.settings.request_check_s, max_resends=self.settings.max_deliveries,
+        )  # fmt: skip
+
+    def _send(self, task: str, kwargs: dict[str, Any], queue: str, task_id: str | None = None) -> AsyncResult:
+        """Send one task.
+
+        Raises:
+            StateUnavailableError: the broker cannot be reached; nothing was sent.
+        """
+        try:
+            return self.app.send_task(task, kwargs=kwargs, queue=queue, task_id=task_id)
+        except _TRANSIENT as e:
+            raise StateUnavailableError(
+                f"could not send {task} to {queue}: the broker is unreachable ({e}). Check "
+                "WARMSTART_REDIS_URL and that redis-server is running, then retry"
+            ) from e
 
     def close(self) -> None:
-        """Send the arrivals not yet recorded (also done at interpreter exit)."""
-        self.arrivals.close()
+        """Nothing to flush: arrivals are recorded by the beat from the queues
+        (:mod:`warmstart.scheduler.queue_watch`). Kept so that callers need not change."""
 
     def infer(self, model: str, inputs: Mapping[str, Any], timeout_s: float | None = None) -> dict[str, torch.Tensor]:
         """Enqueue one request and wait for its outputs (see :meth:`submit`)."""

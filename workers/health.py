@@ -49,6 +49,8 @@ class HealthKeeper:
             else:
                 result = self.pool._check(slot)
                 ok, reason = result.ok, result.reason
+                if ok:
+                    self.pool.reopen_gate(slot)
             if not ok:
                 self._reverify(slot)
             if not slot.retired:

@@ -415,17 +415,34 @@ class ModelPool:
     # --- gate -----------------------------------------------------------------------------
 
     def _open_gate(self, slot: Slot) -> None:
-        if not slot.consuming:
-            slot.consuming = True
-            slot.gate_opened_at = time.time()
+        """Start consuming the model's queue. A broker that cannot be reached leaves the gate
+        closed (the model stays HOT, not serving) and the health tick opens it again later:
+        the model is not at fault."""
+        if slot.consuming:
+            return
+        try:
             self.gate.open(slot.model)
+        except WarmstartError as e:
+            log.warning("could not open the queue of %s (%s); the health tick retries", slot.model, e)
+            return
+        slot.consuming = True
+        slot.gate_opened_at = time.time()
 
     def _close_gate(self, slot: Slot) -> None:
         if slot.consuming:
             slot.consuming = False
-            self.gate.close(slot.model)
+            try:
+                self.gate.close(slot.model)
+            except WarmstartError as e:  # a request that still arrives is served (re-promoting)
+                log.warning("could not close the queue of %s: %s", slot.model, e)
             self.publish(slot)
             self.rescue_queue(slot.model)
+
+    def reopen_gate(self, slot: Slot) -> None:
+        """Open the gate of a HOT model whose opening failed (called with its lock held)."""
+        if slot.tier == Tier.HOT and not slot.consuming:
+            self._open_gate(slot)
+            self.publish(slot)
 
     def rescue_queue(self, model: str) -> bool:
         """When no worker serves ``model`` any more but requests wait in its queue, ask for a

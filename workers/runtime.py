@@ -14,20 +14,26 @@ import threading
 import time
 from typing import Any
 
+import kombu.exceptions
+import redis
 from celery import Celery
 from celery.signals import celeryd_after_setup, worker_ready, worker_shutdown
 
 from warmstart.infra.celery_app import PREWARM_QUEUE, TASK_ECHO, TASK_PREWARM, app_settings, control_queue, infer_queue
-from warmstart.infra.errors import WarmstartError, WorkerError
+from warmstart.infra.errors import StateUnavailableError, WarmstartError, WorkerError
 from warmstart.infra.redis_client import connect
 from warmstart.infra.settings import Settings
 from warmstart.snapshot.cache import SnapshotCache
 from warmstart.snapshot.process import prepare_process, resolve_device
 from warmstart.snapshot.stores import open_store
-from warmstart.workers.pool import ModelPool
+from warmstart.workers.metrics import MeteredPool, WorkerMetrics
+from warmstart.workers.probes import WorkerProbes, serve_probes
 from warmstart.workers.registry import WorkerRegistry
 
 log = logging.getLogger(__name__)
+
+#: Errors of a broker connection (Redis restarting, a pooled connection it closed).
+_BROKER_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, kombu.exceptions.OperationalError, OSError)
 
 
 class CeleryGate:
@@ -43,14 +49,40 @@ class CeleryGate:
         self.control_queue = control_queue
 
     def open(self, model: str) -> None:
+        """Start consuming the model's queue.
+
+        Raises:
+            StateUnavailableError: the broker could not be reached after a few tries.
+        """
         # Wait until the consumer is added, then wake the worker's pending BRPOP (kombu's Redis
         # transport blocks up to a second on the queues it had) with a no-op on its own
         # control queue, so the new queue is polled at once rather than up to 1 s later.
-        self.app.control.add_consumer(infer_queue(model), destination=[self.nodename], reply=True, timeout=5.0)
-        self.app.send_task(TASK_ECHO, kwargs={"payload": "wake"}, queue=self.control_queue, ignore_result=True)
+        self._retrying(f"opening the queue of {model!r}", lambda: self.app.control.add_consumer(
+            infer_queue(model), destination=[self.nodename], reply=True, timeout=5.0))
+        self._retrying("waking the worker's poll", lambda: self.app.send_task(
+            TASK_ECHO, kwargs={"payload": "wake"}, queue=self.control_queue, ignore_result=True))
 
     def close(self, model: str) -> None:
-        self.app.control.cancel_consumer(infer_queue(model), destination=[self.nodename], reply=False)
+        """Stop consuming the model's queue.
+
+        Raises:
+            StateUnavailableError: the broker could not be reached after a few tries.
+        """
+        self._retrying(f"closing the queue of {model!r}", lambda: self.app.control.cancel_consumer(
+            infer_queue(model), destination=[self.nodename], reply=False))
+
+    @staticmethod
+    def _retrying(doing: str, call: Any) -> None:
+        # A pooled broker connection that a Redis restart closed fails once, then kombu
+        # replaces it: a couple of quick retries ride that out.
+        for attempt in range(3):
+            try:
+                call()
+                return
+            except _BROKER_ERRORS as e:
+                if attempt == 2:
+                    raise StateUnavailableError(f"the broker failed while {doing}: {e}") from e
+                time.sleep(0.2 * (attempt + 1))
 
     def request_prewarm(self, model: str, claim: str | None = None) -> None:
         # The claim's token is the task's id, so the pre-warm releases that claim and no other.
@@ -69,7 +101,8 @@ class WorkerRuntime:
         self.started_at = time.time()
         self.device = resolve_device(settings.device)
         self.registry = WorkerRegistry(connect(settings.redis_url))
-        self.pool = ModelPool(
+        self.metrics = WorkerMetrics(self.name)
+        self.pool = MeteredPool(
             settings,
             self.name,
             open_store(settings),
@@ -82,7 +115,10 @@ class WorkerRuntime:
             self.registry,
             CeleryGate(app, nodename, control_queue(self.name)),
             self.device,
+            metrics=self.metrics,
         )
+        self.probes = WorkerProbes(settings, self.pool, self.eager_models)
+        self._probe_server: Any = None
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
@@ -107,6 +143,7 @@ class WorkerRuntime:
         }
 
     def start_background(self) -> None:
+        self._probe_server = serve_probes(self.settings, self.metrics, self.probes, log)
         self._loop("heartbeat", self.settings.heartbeat_interval_s, self._beat, run_first=True)
         self._loop("health", self.settings.health_interval_s, self.pool.health_tick)
         if self.settings.verify_interval_s > 0:
@@ -121,8 +158,13 @@ class WorkerRuntime:
         # The registry answers True when it had lost this worker (Redis restarted empty, or
         # the heartbeat expired): publish every model again, so the hot sets are whole again
         # within one heartbeat.
-        if self.registry.heartbeat(self.name, self.heartbeat_info(), self.settings.heartbeat_ttl_s):
-            self.pool.republish()
+        ok = False
+        try:
+            if self.registry.heartbeat(self.name, self.heartbeat_info(), self.settings.heartbeat_ttl_s):
+                self.pool.republish()
+            ok = True
+        finally:
+            self.probes.beat_done(ok)  # liveness and readiness (workers/probes.py)
 
     def _verify_cache(self) -> None:
         self.pool.verify_cached(self.settings.verify_bytes_per_interval)
@@ -153,6 +195,8 @@ class WorkerRuntime:
 
     def stop(self) -> None:
         self._stop.set()
+        if self._probe_server is not None:
+            self._probe_server.stop()
         try:
             self.registry.forget_worker(self.name)
         except WarmstartError:

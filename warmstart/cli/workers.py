@@ -16,8 +16,15 @@ import click
 @click.option("--loglevel", default="INFO", show_default=True)
 @click.pass_context
 def worker(ctx: click.Context, name: str | None, concurrency: int | None, loglevel: str) -> None:
-    """Start a worker: threads pool, its own control queue, eager models warmed first."""
+    """Start a worker: threads pool, its own control queue, eager models warmed first.
+
+    A worker that Celery stops on an "unrecoverable error" (kombu's Redis transport can fail
+    that way while Redis restarts) starts again in the same process, under the same name;
+    one asked to stop (SIGTERM, SIGINT, `warmstart drain`) exits.
+    """
     import os
+
+    from celery.signals import worker_shutting_down
 
     from warmstart.app import app
     from warmstart.cli import settings_from
@@ -27,14 +34,34 @@ def worker(ctx: click.Context, name: str | None, concurrency: int | None, loglev
     name = name or settings.worker_name or f"warmstart-{socket.gethostname()}-{os.getpid()}"
     settings = settings.model_copy(update={"worker_name": name})
     configure(app, settings)
-    app.worker_main(
-        [
-            "worker", "--pool", "threads",
-            "--concurrency", str(concurrency or settings.worker_concurrency),
-            "--hostname", f"{name}@%h", "--loglevel", loglevel,
-            "--without-gossip", "--without-mingle", "--without-heartbeat",
-        ]
-    )  # fmt: skip
+    asked_to_stop: list[bool] = []
+    worker_shutting_down.connect(lambda **_: asked_to_stop.append(True), weak=False)
+    started = time.monotonic()
+    try:
+        app.worker_main(
+            [
+                "worker", "--pool", "threads",
+                "--concurrency", str(concurrency or settings.worker_concurrency),
+                "--hostname", f"{name}@%h", "--loglevel", loglevel,
+                "--without-gossip", "--without-mingle", "--without-heartbeat",
+            ]
+        )  # fmt: skip
+    except SystemExit as e:
+        # A message (a refused start) or an early exit is final: restarting would only loop.
+        if asked_to_stop or isinstance(e.code, str) or time.monotonic() - started < 10.0:
+            raise
+    if not asked_to_stop:
+        click.echo(f"warmstart worker {name} stopped without being asked to (unrecoverable error); "
+                   "starting again in 1 s", err=True)  # fmt: skip
+        time.sleep(1.0)
+        os.execv(sys.executable, [sys.executable, "-m", "warmstart.cli", *_with_name(sys.argv[1:], name)])
+
+
+def _with_name(args: list[str], name: str) -> list[str]:
+    """The command line again, naming the worker explicitly (so a restart keeps its name)."""
+    if "--name" in args or any(a.startswith("--name=") for a in args):
+        return args
+    return [*args, "--name", name]
 
 
 def _fmt_bytes(n: int | None) -> str:

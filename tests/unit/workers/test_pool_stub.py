@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import torch
 
+from warmstart.infra.errors import StateUnavailableError
 from warmstart.infra.tiers import Tier
+from warmstart.workers.stub import StubGate
 from warmstart.workers.wire import decode_outputs, encode_tensor
 
 from tests.unit.workers.conftest import PoolKit
@@ -51,3 +53,29 @@ def test_the_state_says_whether_a_request_or_a_prewarm_made_the_model_hot(kit: P
     states = kit.registry.models_of("w1")
     assert states["lazy"]["warmed_by_request"] is True
     assert states["planned"]["warmed_by_request"] is False
+
+
+class GateThatFailsOnce(StubGate):
+    """A broker that refuses the first add_consumer (a connection a Redis restart closed)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failures = 1
+
+    def open(self, model: str) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise StateUnavailableError("the broker failed while opening the queue")
+        super().open(model)
+
+
+def test_a_gate_that_cannot_open_leaves_the_model_hot_and_the_health_tick_opens_it(kit: PoolKit) -> None:
+    kit.publish("m")
+    kit.gate = GateThatFailsOnce()
+    pool = kit.make_pool()
+    slot = pool.ensure("m", Tier.HOT)  # the model is fine: no error, no failing state
+    assert slot.tier == Tier.HOT and slot.health == "ok" and not slot.consuming
+    assert kit.registry.hot_workers("m") == []
+    pool.health_tick()
+    assert slot.consuming and kit.gate.open_queues == {"m"}
+    assert kit.registry.hot_workers("m") == ["w1"]
