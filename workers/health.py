@@ -91,6 +91,8 @@ class HealthKeeper:
             slot = self.pool.slots.get(model)
             if not ok and slot is not None and slot.version == version:
                 with self.pool._locked(model) as current:
+                    if current.version != version:  # reloaded meanwhile: not this file any more
+                        continue
                     tier = current.tier
                     log.error("cached snapshot of %s %s changed on disk; fetching it again", model, version)
                     self.pool._demote_locked(current, Tier.REMOTE)

@@ -79,3 +79,24 @@ def test_a_gate_that_cannot_open_leaves_the_model_hot_and_the_health_tick_opens_
     pool.health_tick()
     assert slot.consuming and kit.gate.open_queues == {"m"}
     assert kit.registry.hot_workers("m") == ["w1"]
+
+
+def test_a_cached_file_changed_on_disk_is_fetched_again(kit: PoolKit) -> None:
+    module = kit.publish("m")
+    pool = kit.make_pool()
+    slot = pool.ensure("m", Tier.HOT)
+    path = slot.local.weights_path
+    with open(path, "r+b") as f:  # tamper with the last byte of the weights
+        f.seek(-1, 2)
+        last = f.read(1)
+        f.seek(-1, 2)
+        f.write(bytes([last[0] ^ 0xFF]))
+    results = pool.verify_cached(1 << 30)
+    assert ("m", "v1", False) in results
+    fresh = pool.slots["m"]
+    assert fresh is not slot and fresh.tier == Tier.HOT
+    assert pool.cache.verify("m", "v1")  # the copy now cached matches its digest again
+    x = torch.rand(2, 8)
+    (got,) = decode_outputs(pool.infer("m", {"x": encode_tensor(x)})["outputs"]).values()
+    with torch.no_grad():
+        assert torch.allclose(got, module(x), atol=1e-6)
