@@ -26,8 +26,7 @@ from warmstart.infra.settings import Settings
 from warmstart.snapshot.cache import SnapshotCache
 from warmstart.snapshot.process import prepare_process, resolve_device
 from warmstart.snapshot.stores import open_store
-from warmstart.workers.metrics import MeteredPool, WorkerMetrics
-from warmstart.workers.probes import WorkerProbes, serve_probes
+from warmstart.workers.pool import ModelPool
 from warmstart.workers.registry import WorkerRegistry
 
 log = logging.getLogger(__name__)
@@ -101,8 +100,7 @@ class WorkerRuntime:
         self.started_at = time.time()
         self.device = resolve_device(settings.device)
         self.registry = WorkerRegistry(connect(settings.redis_url))
-        self.metrics = WorkerMetrics(self.name)
-        self.pool = MeteredPool(
+        self.pool = ModelPool(
             settings,
             self.name,
             open_store(settings),
@@ -115,10 +113,7 @@ class WorkerRuntime:
             self.registry,
             CeleryGate(app, nodename, control_queue(self.name)),
             self.device,
-            metrics=self.metrics,
         )
-        self.probes = WorkerProbes(settings, self.pool, self.eager_models)
-        self._probe_server: Any = None
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
@@ -143,7 +138,6 @@ class WorkerRuntime:
         }
 
     def start_background(self) -> None:
-        self._probe_server = serve_probes(self.settings, self.metrics, self.probes, log)
         self._loop("heartbeat", self.settings.heartbeat_interval_s, self._beat, run_first=True)
         self._loop("health", self.settings.health_interval_s, self.pool.health_tick)
         if self.settings.verify_interval_s > 0:
@@ -158,13 +152,8 @@ class WorkerRuntime:
         # The registry answers True when it had lost this worker (Redis restarted empty, or
         # the heartbeat expired): publish every model again, so the hot sets are whole again
         # within one heartbeat.
-        ok = False
-        try:
-            if self.registry.heartbeat(self.name, self.heartbeat_info(), self.settings.heartbeat_ttl_s):
-                self.pool.republish()
-            ok = True
-        finally:
-            self.probes.beat_done(ok)  # liveness and readiness (workers/probes.py)
+        if self.registry.heartbeat(self.name, self.heartbeat_info(), self.settings.heartbeat_ttl_s):
+            self.pool.republish()
 
     def _verify_cache(self) -> None:
         self.pool.verify_cached(self.settings.verify_bytes_per_interval)
@@ -195,8 +184,6 @@ class WorkerRuntime:
 
     def stop(self) -> None:
         self._stop.set()
-        if self._probe_server is not None:
-            self._probe_server.stop()
         try:
             self.registry.forget_worker(self.name)
         except WarmstartError:
