@@ -6,9 +6,10 @@ stdout (everything else the libraries print goes to stderr) and exits.
 What is timed, identically for every path:
 
 * not timed: interpreter start, ``import torch`` and the path's own library, importing the
-  architecture's factory module, reading the manifest and the sample inputs, and
+  architecture's factory module, reading the manifest and the sample inputs,
   ``prepare_process()`` (torch's one-time lazy initialisation, which warmstart pays once per
-  worker at start, not per model). ``setup_s`` reports this cost for reference.
+  worker at start, not per model), and one tiny load through the path's own loader
+  (:func:`warm_loader`: every path is warmed alike). ``setup_s`` reports this cost for reference.
 * ``restore_s``: from the bytes on disk to an ``eval()`` module ready for inference.
 * ``first_infer_s``: the first forward pass on the sample inputs (under ``inference_mode``).
 * ``steady_infer_s``: the median of ``steady_runs`` further forward passes.
@@ -145,6 +146,34 @@ def _prepare_tensorizer(spec: dict[str, Any]) -> Loader:
     return load
 
 
+def warm_loader(path: str) -> None:
+    """One tiny untimed load through ``path``'s own loader (a baseline's first ``torch.load``,
+    ``load_file`` or deserializer pays lazy imports and initialisation, as warmstart's first
+    restore does; ``prepare_process`` pays warmstart's), so every path is warmed alike."""
+    import tempfile
+
+    from warmstart.snapshot.process import WARMUP_FACTORY, build_warmup_module
+
+    if path == "warmstart":
+        return  # prepare_process() restored its tiny module through restore_weights
+    with tempfile.TemporaryDirectory(prefix="warmstart-probe-warm-") as tmp:
+        module = build_warmup_module()
+        target = Path(tmp) / "tiny"
+        if path in ("torch_load", "torch_load_mmap"):
+            torch.save(module.state_dict(), target)
+        elif path == "safetensors_load_file":
+            from safetensors.torch import save_file
+
+            save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(target))
+        elif path == "tensorizer":
+            from tensorizer import TensorSerializer
+
+            serializer = TensorSerializer(str(target))
+            serializer.write_module(module)
+            serializer.close()
+        _PREPARERS[path]({"weights_path": str(target), "factory": WARMUP_FACTORY, "factory_kwargs": {}})()
+
+
 _PREPARERS: dict[str, Callable[[dict[str, Any]], Loader]] = {
     "warmstart": _prepare_warmstart,
     "torch_load": prepare_torch_load,
@@ -212,7 +241,8 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
 
     if spec.get("threads"):
         torch.set_num_threads(int(spec["threads"]))
-    prepare_process(device="cpu")
+    prepare_process(device="cpu")  # warmstart's tiny restore, through its own loader...
+    warm_loader(path)  # ...and the same for every other path: each pays its first use untimed
     load = _PREPARERS[path](spec)
     inputs, reference = _load_inputs(spec["inputs_path"])
 

@@ -129,6 +129,12 @@ class CacheFullError(SnapshotError):
     code = "cache_full"
 
 
+class HFFolderError(SnapshotError):
+    """Raised when a Hugging Face folder cannot be published: no or a bad config.json, missing weights, an unknown class."""
+
+    code = "hf_folder"
+
+
 class RestoreError(SnapshotError):
     """Raised when a verified snapshot cannot be turned into a module (factory or state dict)."""
 

@@ -82,7 +82,8 @@ def normalize_outputs(output: object) -> dict[str, torch.Tensor]:
             return dict(output)
     raise SnapshotError(
         f"model returned {_describe(output)}; a model must return a tensor, a non-empty "
-        "tuple/list of tensors or a non-empty dict of str -> tensor"
+        "tuple/list of tensors or a non-empty dict of str -> tensor: for nested outputs, "
+        "choose the tensor outputs to answer with using --outputs (publish's outputs=...)"
     )
 
 
@@ -101,9 +102,10 @@ def make_golden_inputs(
 
     Dynamic dimensions get small sizes (``batch`` for one named ``batch``, else
     :data:`DYNAMIC_DIM_SIZE`, never over the spec's ``dim_max``); floats are standard normal,
-    ints and bools lie in ``[0, 2)`` so that they are valid indices for any embedding, or in
-    the first two values of the spec's ``value_range`` when it declares one (golden inputs
-    are requests the spec allows: the health check runs them).
+    ints are uniform over the spec's whole ``value_range`` (golden inputs are requests the
+    spec allows: the health check runs them), bools and ints without a range lie in
+    ``[0, 2)``. Publish refuses to generate goldens for an integer input without a
+    ``value_range`` (see :func:`ungeneratable_inputs`): it asks for golden inputs instead.
 
     Args:
         input_specs: the model's declared inputs.
@@ -118,10 +120,18 @@ def make_golden_inputs(
         if dtype.is_floating_point:
             tensor = torch.randn(shape, generator=generator).to(dtype)
         else:
+            # Over the whole declared range (ids across the vocabulary, not just 0 and 1).
             low, high = (0, 2) if spec.value_range is None else spec.value_range
-            tensor = torch.randint(low, min(high, low + 2), shape, generator=generator).to(dtype)
+            tensor = torch.randint(low, high, shape, generator=generator).to(dtype)
         inputs[spec.name] = tensor
     return inputs
+
+
+def ungeneratable_inputs(input_specs: Sequence[InputSpec]) -> list[str]:
+    """Integer inputs without a declared ``value_range``: generated values would be nonsense
+    (ids 0 and 1), so publish asks for golden inputs for models that have them."""
+    return [s.name for s in input_specs if s.dtype != "bool" and not torch_dtype(s.dtype).is_floating_point
+            and s.value_range is None]
 
 
 def _golden_size(dim: str, spec: InputSpec, batch: int) -> int:

@@ -60,6 +60,12 @@ MAX_CREATED_AT_LENGTH = 64
 MAX_FREEFORM_DEPTH = 16  #: nesting of architecture.kwargs and metadata
 MAX_FREEFORM_ITEMS = 100_000  #: values in architecture.kwargs, and in metadata
 
+#: The one rule by which a file's tensor may be left unloaded: it is a *non-persistent buffer*
+#: of the built module (computed in ``__init__``, such as ``embeddings.position_ids`` in
+#: ``transformers`` BERT models, which older versions saved). Restore checks that each such key
+#: really is one, and loads everything else strictly.
+SKIP_RULE = "non_persistent_buffers"
+
 #: safetensors dtype codes and their element sizes.
 SAFETENSORS_DTYPES: dict[str, int] = {
     "BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1,
@@ -148,6 +154,9 @@ class InputSpec:
     value_range: tuple[int, int] | None = None
     # Not hashed (a dict cannot be), still compared: equal specs keep equal hashes.
     dim_max: dict[str, int] = field(default_factory=dict, hash=False)
+    #: the value that fills this input where a batch pads it (e.g. 0 for ``attention_mask``);
+    #: None: requests whose other dimensions differ are not batched together.
+    pad: int | float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The manifest's JSON form; limits that are not set are left out."""
@@ -156,6 +165,8 @@ class InputSpec:
             out["value_range"] = list(self.value_range)
         if self.dim_max:
             out["dim_max"] = dict(self.dim_max)
+        if self.pad is not None:
+            out["pad"] = self.pad
         return out
 
 
@@ -203,10 +214,25 @@ class Manifest:
     golden: GoldenInfo
     metadata: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
+    #: the outputs the model answers with (empty: all of them); see ``snapshot/outputs.py``.
+    outputs: tuple[str, ...] = ()
+    #: tensors of the file the module does not load, and why (rule :data:`SKIP_RULE`).
+    skip_keys: tuple[str, ...] = ()
+    #: dynamic batching: ``{"max_batch": n, "max_wait_ms": t}`` (empty: one request per forward).
+    batching: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         raw = asdict(self)
         raw["inputs"] = [spec.to_dict() for spec in self.inputs]  # unset limits left out
+        # Optional fields are written only when set, so older manifests keep their bytes.
+        if not self.outputs:
+            del raw["outputs"]
+        if not self.batching:
+            del raw["batching"]
+        if self.skip_keys:
+            raw["skip_keys"] = {"rule": SKIP_RULE, "keys": list(self.skip_keys)}
+        else:
+            del raw["skip_keys"]
         ordered = {"format": FORMAT, "format_version": raw.pop("format_version")}
         ordered.update(raw)
         return json.loads(json.dumps(ordered))  # tuples -> lists, a plain JSON tree
@@ -318,7 +344,7 @@ def _tensor(raw: Any, i: int) -> TensorEntry:
     return TensorEntry(name, dtype, tuple(shape), (offsets[0], offsets[1]))
 
 
-_INPUT_KEYS = ("name", "dtype", "shape", "value_range", "dim_max")
+_INPUT_KEYS = ("name", "dtype", "shape", "value_range", "dim_max", "pad")
 
 
 def parse_input_spec(raw: Any, where: str) -> InputSpec:
@@ -354,7 +380,21 @@ def parse_input_spec(raw: Any, where: str) -> InputSpec:
         raise ManifestError(f"{_where(path + 'shape')} {problem}")
     value_range = _value_range(raw["value_range"], dtype, path) if "value_range" in raw else None
     dim_max = _dim_max(raw["dim_max"], shape, path) if "dim_max" in raw else {}
-    return InputSpec(name, dtype, tuple(shape), value_range, dim_max)
+    pad = _pad(raw["pad"], dtype, value_range, path) if "pad" in raw else None
+    return InputSpec(name, dtype, tuple(shape), value_range, dim_max, pad)
+
+
+def _pad(value: Any, dtype: str, value_range: tuple[int, int] | None, path: str) -> int | float:
+    where = _where(path + "pad")
+    integer = dtype in INTEGER_RANGES or dtype == "bool"
+    if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
+        raise ManifestError(f"{where} must be {'an int' if integer else 'a number'} for a {dtype} input, got {short(value)}")
+    if not integer and not math.isfinite(value):
+        raise ManifestError(f"{where} must be finite, got {value}")
+    low, high = value_range or INTEGER_RANGES.get(dtype, (0, 2) if dtype == "bool" else (-math.inf, math.inf))
+    if integer and not low <= value < high:
+        raise ManifestError(f"{where} {value} is outside the input's values [{low}, {high})")
+    return value
 
 
 def _value_range(value: Any, dtype: str, path: str) -> tuple[int, int]:
@@ -493,6 +533,12 @@ def parse_manifest(data: bytes | str | dict[str, Any]) -> Manifest:
             f"{_where('golden.inputs')} {short(list(golden.inputs))} must name exactly the declared "
             f"inputs {[s.name for s in inputs]}"
         )
+    outputs = _name_list(obj, "outputs", "", MAX_OUTPUTS) if "outputs" in obj else ()
+    if outputs and set(outputs) != set(golden.outputs):
+        raise ManifestError(
+            f"{_where('outputs')} {short(list(outputs))} must name exactly the golden outputs "
+            f"{short(list(golden.outputs))}; republish the snapshot"
+        )
     return Manifest(
         model=model,
         version=version,
@@ -502,4 +548,45 @@ def parse_manifest(data: bytes | str | dict[str, Any]) -> Manifest:
         inputs=inputs,
         golden=golden,
         metadata=_freeform(obj, "metadata", ""),
+        outputs=outputs,
+        skip_keys=_skip_keys(obj, {t.name for t in tensors}),
+        batching=parse_batching(obj["batching"]) if "batching" in obj else {},
     )
+
+
+MAX_BATCH = 4096
+MAX_WAIT_MS = 1000.0
+
+
+def parse_batching(raw: Any) -> dict[str, Any]:
+    """``{"max_batch": 1..4096, "max_wait_ms": 0..1000}``, both required.
+
+    Raises:
+        ManifestError: another shape, or values out of range.
+    """
+    where = _where("batching")
+    if not isinstance(raw, dict) or set(raw) != {"max_batch", "max_wait_ms"}:
+        raise ManifestError(f"{where} must be {{'max_batch': n, 'max_wait_ms': t}}, got {short(raw)}")
+    size, wait = raw["max_batch"], raw["max_wait_ms"]
+    if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= MAX_BATCH:
+        raise ManifestError(f"{where}.max_batch must be an int in [1, {MAX_BATCH}], got {short(size)}")
+    if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not 0 <= wait <= MAX_WAIT_MS:
+        raise ManifestError(f"{where}.max_wait_ms must be a number in [0, {MAX_WAIT_MS:g}], got {short(wait)}")
+    return {"max_batch": size, "max_wait_ms": wait}
+
+
+def _skip_keys(obj: dict[str, Any], tensor_names: set[str]) -> tuple[str, ...]:
+    """The optional ``skip_keys`` object: ``{"rule": SKIP_RULE, "keys": [tensor names]}``."""
+    if "skip_keys" not in obj:
+        return ()
+    raw = _get(obj, "skip_keys", dict, "")
+    if set(raw) != {"rule", "keys"} or raw.get("rule") != SKIP_RULE:
+        raise ManifestError(
+            f"{_where('skip_keys')} must be {{'rule': {SKIP_RULE!r}, 'keys': [...]}}, got "
+            f"{short(raw)}; upgrade warmstart or republish the snapshot"
+        )
+    keys = _name_list(raw, "keys", "skip_keys.", MAX_TENSORS)
+    unknown = [k for k in keys if k not in tensor_names]
+    if unknown:
+        raise ManifestError(f"{_where('skip_keys.keys')} names {short(unknown)}, which are not tensors of the weights file")
+    return keys

@@ -12,8 +12,12 @@ no per-model restore or first inference does. It depends on no example or user m
 
 from __future__ import annotations
 
+import inspect
+import logging
 import tempfile
 import threading
+import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -23,6 +27,8 @@ from torch import nn
 from warmstart.infra.errors import SettingsError
 
 _prepared: set[str] = set()
+_architectures: set[str] = set()
+log = logging.getLogger(__name__)
 _lock = threading.Lock()
 
 
@@ -83,6 +89,52 @@ def prepare_process(device: str | torch.device | None = None) -> None:
                 torch.ones(1, device=target).sum().item()
                 _warm_up(target)
             _prepared.add(key)
+
+
+def prepare_architectures(allowed_architectures: Iterable[str] = ()) -> dict[str, float]:
+    """Import every registered architecture (entry points and ``allowed_architectures``) and
+    build each once on ``meta``, so that no request pays an import (``transformers`` takes
+    seconds) or a first build. Idempotent per factory.
+
+    A factory is built with its ``warmup_kwargs`` attribute when it has one (the HF
+    architecture builds a tiny BERT), or with no arguments when it needs none; otherwise it
+    is only imported. A factory that fails is logged and skipped: its models will fail at
+    restore with the cause, as before.
+
+    Returns:
+        Seconds spent per factory prepared by this call.
+    """
+    from warmstart.snapshot.manifest import ArchitectureSpec
+    from warmstart.snapshot.registry import registered_factories, resolve_factory
+    from warmstart.snapshot.restore import _build_on_meta
+
+    extra = tuple(allowed_architectures)
+    spent: dict[str, float] = {}
+    for factory in sorted(registered_factories() | frozenset(extra)):
+        with _lock:
+            if factory in _architectures:
+                continue
+            _architectures.add(factory)
+        t0 = time.perf_counter()
+        try:
+            target = resolve_factory(factory, extra)
+            kwargs = getattr(target, "warmup_kwargs", None)
+            if kwargs is None and _needs_no_arguments(target):
+                kwargs = {}
+            if kwargs is not None:
+                _build_on_meta(target, ArchitectureSpec(factory, dict(kwargs)))
+        except Exception as e:  # noqa: BLE001 - foreign code: log it, its models will say why
+            log.warning("could not prepare architecture %s: %s: %s", factory, type(e).__name__, e)
+        spent[factory] = time.perf_counter() - t0
+    return spent
+
+
+def _needs_no_arguments(target: object) -> bool:
+    try:
+        parameters = inspect.signature(target).parameters.values()  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return False
+    return all(p.default is not p.empty or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in parameters)
 
 
 #: The warm-up module's factory: allowed explicitly for this one restore, never registered.

@@ -28,15 +28,18 @@ from safetensors.torch import save_model
 from warmstart.infra.errors import ManifestError, SnapshotError, SnapshotNotFoundError, VersionExistsError
 from warmstart.snapshot import catalog
 from warmstart.infra.progress import transfer_progress
-from warmstart.snapshot.golden import compare_outputs, make_golden_inputs, normalize_outputs, write_golden
+from warmstart.snapshot.golden import compare_outputs, make_golden_inputs, ungeneratable_inputs, write_golden
+from warmstart.snapshot.outputs import select_outputs
 from warmstart.snapshot.header import read_header_file
 from warmstart.snapshot.manifest import (
     MAX_INPUTS,
+    MAX_OUTPUTS,
     ArchitectureSpec,
     GoldenInfo,
     InputSpec,
     Manifest,
     WeightsInfo,
+    parse_batching,
     parse_input_spec,
     parse_manifest,
 )
@@ -113,6 +116,17 @@ def _plain_json(raw: Mapping[str, Any]) -> dict[str, Any]:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in raw.items()}
 
 
+def _check_output_names(outputs: Sequence[str] | None) -> tuple[str, ...]:
+    """``--outputs`` as a tuple of distinct, non-empty names (empty: answer with everything)."""
+    if outputs is None:
+        return ()
+    if isinstance(outputs, (str, bytes)) or not all(isinstance(n, str) and n for n in outputs):
+        raise ManifestError(f"outputs must be a list of output names, got {outputs!r} (--outputs a,b)")
+    if len(outputs) > MAX_OUTPUTS or len(set(outputs)) != len(outputs):
+        raise ManifestError(f"outputs must name each output once and at most {MAX_OUTPUTS}, got {len(outputs)}")
+    return tuple(outputs)
+
+
 # --- publishing ---------------------------------------------------------------------------
 
 
@@ -135,15 +149,17 @@ def _existing(store: SnapshotStore, model: str, version: str, sha256: str) -> Ma
 
 
 def _run_golden(
-    module: torch.nn.Module, golden_inputs: Mapping[str, torch.Tensor], rtol: float, atol: float
+    module: torch.nn.Module, golden_inputs: Mapping[str, torch.Tensor], rtol: float, atol: float,
+    outputs: Sequence[str] = (),
 ) -> dict[str, torch.Tensor]:
-    """Run the golden inputs twice in eval mode and return the (checked) outputs."""
+    """Run the golden inputs twice in eval mode and return the (checked) outputs: all of them,
+    or those named by ``outputs``."""
     module.eval()
     try:
         with torch.inference_mode():
-            first = normalize_outputs(module(**golden_inputs))
-            second = normalize_outputs(module(**golden_inputs))
-    except SnapshotError:
+            first = select_outputs(module(**golden_inputs), outputs)
+            second = select_outputs(module(**golden_inputs), outputs)
+    except (SnapshotError, ManifestError):
         raise
     except Exception as e:  # the model's own code: whatever it raises, publishing stops
         raise SnapshotError(
@@ -188,7 +204,12 @@ def _publish(
     show_progress: bool | None,
     set_live: bool,
     tmp: Path,
+    outputs: Sequence[str] = (),
+    skip_keys: Sequence[str] = (),
+    batching: Mapping[str, Any] | None = None,
 ) -> Manifest:
+    outputs = _check_output_names(outputs)
+    batch = parse_batching(dict(batching)) if batching else {}
     size_bytes = weights_path.stat().st_size
     sha256 = sha256_file(weights_path)
     header_bytes, tensors, _ = read_header_file(weights_path)
@@ -197,20 +218,27 @@ def _publish(
         _maybe_set_live(store, model, version, set_live)  # a first publish may have died here
         return existing
 
+    unbounded = ungeneratable_inputs(specs) if golden_inputs is None else []
+    if unbounded:
+        raise ManifestError(
+            f"integer inputs {unbounded} declare no value_range, so generated golden inputs would "
+            "be meaningless: pass real golden inputs (--golden-inputs FILE.safetensors, publish's "
+            "golden_inputs=...) or declare each input's value_range (e.g. [0, vocab_size))"
+        )
     inputs = (
         make_golden_inputs(specs)
         if golden_inputs is None
         else _check_golden_inputs(golden_inputs, specs)
     )
-    outputs = _run_golden(load_module(), inputs, rtol, atol)
-    for name, tensor in outputs.items():
+    golden_out = _run_golden(load_module(), inputs, rtol, atol, outputs)
+    for name, tensor in golden_out.items():
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             raise SnapshotError(
                 f"the model's golden output {name!r} holds NaN or inf: refusing to publish a "
                 "model whose health check could never pass"
             )
     golden_path = tmp / GOLDEN_FILE
-    write_golden(golden_path, inputs, outputs)
+    write_golden(golden_path, inputs, golden_out)
 
     manifest = Manifest(
         model=model,
@@ -230,11 +258,14 @@ def _publish(
             size_bytes=golden_path.stat().st_size,
             sha256=sha256_file(golden_path),
             inputs=tuple(s.name for s in specs),
-            outputs=tuple(outputs),
+            outputs=tuple(golden_out),
             rtol=rtol,
             atol=atol,
         ),
         metadata=dict(metadata or {}),
+        outputs=tuple(outputs),
+        skip_keys=tuple(sorted(skip_keys)),
+        batching=batch,
     )
     manifest = parse_manifest(manifest.to_json())  # the reader's checks, before any upload
 
@@ -272,6 +303,8 @@ def publish_module(
     allowed_architectures: Sequence[str] = (),
     workdir: Path | None = None,
     set_live: bool = True,
+    outputs: Sequence[str] | None = None,
+    batching: Mapping[str, Any] | None = None,
 ) -> Manifest:
     """Publish an in-memory module as ``model``/``version``.
 
@@ -289,6 +322,10 @@ def publish_module(
         allowed_architectures: factories allowed on top of the entry-point registry.
         workdir: where to write temporary files (default: the system temp dir).
         set_live: point the ``live`` alias at this version when the model has no ``live`` yet.
+        outputs: the outputs the model answers with (recorded in the manifest; the worker
+            encodes only those); None: all of them, which must then be plain tensors.
+        batching: ``{"max_batch": n, "max_wait_ms": t}``: concurrent requests on one worker
+            run as one forward (settings may override it); None: one forward per request.
 
     Returns:
         The published manifest (the existing one when the same bytes were already published).
@@ -315,7 +352,7 @@ def publish_module(
         return _publish(
             store, model, version, weights_path, lambda: module, spec, specs, golden_inputs,
             rtol=rtol, atol=atol, metadata=metadata, show_progress=show_progress,
-            set_live=set_live, tmp=tmp,
+            set_live=set_live, tmp=tmp, outputs=outputs or (), batching=batching,
         )  # fmt: skip
 
 
@@ -335,12 +372,18 @@ def publish_file(
     allowed_architectures: Sequence[str] = (),
     workdir: Path | None = None,
     set_live: bool = True,
+    outputs: Sequence[str] | None = None,
+    skip_non_persistent: bool = False,
+    batching: Mapping[str, Any] | None = None,
 ) -> Manifest:
     """Publish an existing safetensors file, byte for byte, as ``model``/``version``.
 
     The file is restored with the architecture (as a worker would) to record golden outputs,
     so a file that does not fit the architecture is refused before anything is uploaded.
-    Arguments, returns and errors as :func:`publish_module`, plus:
+    Arguments, returns and errors as :func:`publish_module`, plus ``skip_non_persistent``:
+    tensors of the file that are non-persistent buffers of the built module (which computes
+    them itself; older library versions saved them) are left unloaded, and recorded in the
+    manifest's ``skip_keys`` (rule ``non_persistent_buffers``). Nothing else is ever skipped.
 
     Raises:
         SafetensorsHeaderError: the file's header is malformed or lies.
@@ -358,15 +401,30 @@ def publish_file(
     if not weights_path.is_file():
         raise SnapshotNotFoundError(f"weights file {weights_path} does not exist")
 
+    skip_keys = _computed_keys(weights_path, spec, allowed_architectures) if skip_non_persistent else ()
+
     def load() -> torch.nn.Module:
-        return restore_weights(weights_path, spec, allowed_architectures=tuple(allowed_architectures))
+        return restore_weights(
+            weights_path, spec, allowed_architectures=tuple(allowed_architectures), skip_keys=skip_keys
+        )
 
     with tempfile.TemporaryDirectory(prefix="warmstart-publish-", dir=workdir) as tmp_name:
         return _publish(
             store, model, version, weights_path, load, spec, specs, golden_inputs,
             rtol=rtol, atol=atol, metadata=metadata, show_progress=show_progress,
-            set_live=set_live, tmp=Path(tmp_name),
+            set_live=set_live, tmp=Path(tmp_name), outputs=outputs or (), skip_keys=skip_keys,
+            batching=batching,
         )  # fmt: skip
+
+
+def _computed_keys(weights_path: Path, spec: ArchitectureSpec, allowed: Sequence[str]) -> tuple[str, ...]:
+    """Tensors of the file that the module built from ``spec`` holds as non-persistent buffers."""
+    from warmstart.snapshot import registry
+    from warmstart.snapshot.restore import _build_on_meta, non_persistent_buffers
+
+    _, tensors, _ = read_header_file(weights_path)
+    module = _build_on_meta(registry.resolve_factory(spec.factory, allowed), spec)
+    return tuple(sorted(non_persistent_buffers(module) & set(tensors)))
 
 
 def publish_examples(

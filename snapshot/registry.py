@@ -8,6 +8,7 @@ listed in the ``warmstart.architectures`` entry-point group of an installed dist
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from functools import lru_cache
 from importlib.metadata import entry_points
 from typing import Any, Callable, Iterable
@@ -17,10 +18,26 @@ from warmstart.infra.errors import RestoreError, UnregisteredArchitectureError
 ENTRY_POINT_GROUP = "warmstart.architectures"
 
 
+#: modules an optional extra provides: an entry point that needs the extra (``[hf]`` after
+#: its value) is registered only when they are installed.
+EXTRA_MODULES: dict[str, tuple[str, ...]] = {"hf": ("transformers",)}
+
+
+def _installed(extras: Iterable[str]) -> bool:
+    return all(
+        importlib.util.find_spec(module) is not None
+        for extra in extras
+        for module in EXTRA_MODULES.get(extra, ())
+    )
+
+
 @lru_cache(maxsize=1)
 def registered_factories() -> frozenset[str]:
-    """The ``package.module:function`` values of the entry-point group (read once a process)."""
-    return frozenset(ep.value.strip() for ep in entry_points(group=ENTRY_POINT_GROUP))
+    """The ``package.module:function`` values of the entry-point group (read once a process),
+    leaving out those whose optional extra is not installed."""
+    return frozenset(
+        f"{ep.module}:{ep.attr}" for ep in entry_points(group=ENTRY_POINT_GROUP) if _installed(ep.extras)
+    )
 
 
 def check_allowed(factory: str, extra_allowed: Iterable[str] = ()) -> None:

@@ -30,6 +30,10 @@ never the reverse. A thread holding its own slot's lock takes a victim's lock on
 blocking (a busy victim is skipped and another chosen), so no two promotions can wait for
 each other.
 
+Batching (:mod:`warmstart.workers.batching`) adds no lock on pool state: a request waits in a
+batch holding only its lease; the batcher's own locks guard its open batches and serialise
+one module's batched forwards, and no pool lock is ever taken while one is held.
+
 What counts against a budget: a model's bytes count against the budget of every tier at or
 below its own (:mod:`warmstart.workers.tiers`), and a promotion counts against the budget of
 the tier it is moving to *from the moment it is decided* (a reservation taken under
@@ -67,6 +71,7 @@ from warmstart.snapshot.manifest import Manifest
 from warmstart.snapshot.names import validate_name
 from warmstart.snapshot.restore import module_nbytes, restore_model
 from warmstart.snapshot.stores.base import SnapshotStore
+from warmstart.workers.batching import Batcher, batching_of
 from warmstart.workers.budget import Reservations
 from warmstart.workers.health import HealthKeeper
 from warmstart.workers.slots import MAX_BACKOFF_S, Lease, PoolRegistry, QueueGate, Slot
@@ -101,6 +106,9 @@ class ModelPool:
         #: Bytes of promotions in progress; its lock is the budget lock of rule 3.
         self._reservations = Reservations()
         self.health = HealthKeeper(self)
+        #: Concurrent requests of one model run as one forward; its own lock guards only its
+        #: open batches (list operations), is never held with another and never while waiting.
+        self.batcher = Batcher()
 
     # --- slots ----------------------------------------------------------------------------
 
@@ -556,7 +564,7 @@ class ModelPool:
             started = time.time()
             t0 = time.perf_counter()
             try:
-                outputs = run_model(lease.module, self._to_device(inputs))
+                outputs, batch_size = self._forward(lease, self._to_device(inputs))
             except WarmstartError:
                 raise
             except Exception as e:  # the model's own error on this request: an answer, not a crash
@@ -578,9 +586,19 @@ class ModelPool:
                 "outputs": encode_tensors(outputs),
                 "started_at": started,
                 "forward_ms": forward_s * 1000,
+                "batch_size": batch_size,
             }
         finally:
             self._give_back(lease)
+
+    def _forward(self, lease: Lease, inputs: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], int]:
+        """One request's forward, batched with concurrent ones (:mod:`warmstart.workers.batching`)
+        when the manifest or the settings ask for it. Holds only the lease, no lock."""
+        max_batch, max_wait_ms = batching_of(lease.manifest, self.settings)
+        return self.batcher.run(
+            lease.module, inputs, lease.manifest.inputs, lambda batch: run_model(lease.module, batch),
+            max_batch=max_batch, max_wait_s=max_wait_ms / 1000, timeout_s=self.settings.inference_timeout_s,
+        )  # fmt: skip
 
     def keep_warm(self, model: str) -> dict[str, Any]:
         """A tiny inference that proves the model still answers and refreshes its idle clock.

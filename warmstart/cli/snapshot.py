@@ -45,6 +45,10 @@ def _json_arg(value: str, option: str) -> Any:
 @click.option("--version", "version", default=None, help="Version to publish (examples: v1).")
 @click.option("--weights", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="A safetensors file to publish as is.")  # fmt: skip
+@click.option("--hf-dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="A Hugging Face folder (config.json + model.safetensors) to publish unchanged.")  # fmt: skip
+@click.option("--outputs", "outputs_csv", default=None,
+              help="The outputs the model answers with, comma-separated (e.g. last_hidden_state).")  # fmt: skip
 @click.option("--factory", help="Registered architecture, package.module:function.")
 @click.option("--kwargs", "kwargs_json", default="{}", show_default=True, help="Factory kwargs, JSON.")
 @click.option("--inputs", "inputs_json",
@@ -64,6 +68,8 @@ def publish(
     all_examples: bool,
     version: str | None,
     weights: Path | None,
+    hf_dir: Path | None,
+    outputs_csv: str | None,
     factory: str | None,
     kwargs_json: str,
     inputs_json: str | None,
@@ -74,7 +80,8 @@ def publish(
     progress: bool | None,
     as_json: bool,
 ) -> None:
-    """Publish example models, or MODEL from a safetensors file, as immutable snapshots."""
+    """Publish example models, MODEL from a Hugging Face folder, or MODEL from a safetensors
+    file, as immutable snapshots."""
     from warmstart.snapshot import publish as publishing
 
     store, settings = _store_and_settings(ctx)
@@ -82,7 +89,20 @@ def publish(
         "rtol": rtol, "atol": atol, "show_progress": progress, "set_live": not no_live,
         "allowed_architectures": tuple(settings.allowed_architectures),
     }  # fmt: skip
-    if examples or all_examples:
+    outputs = [n.strip() for n in outputs_csv.split(",") if n.strip()] if outputs_csv is not None else None
+    if outputs is not None and not outputs:
+        raise click.BadParameter("name at least one output", param_hint="--outputs")
+    if hf_dir is not None:
+        if examples or all_examples or weights or factory or inputs_json or not model:
+            raise click.UsageError("--hf-dir takes MODEL and no --example, --weights, --factory or --inputs")
+        from warmstart.snapshot.golden import read_input_file
+        from warmstart.snapshot.hf import publish_hf_folder
+
+        golden = read_input_file(golden_inputs) if golden_inputs else None
+        manifests = [
+            publish_hf_folder(store, model, version or "v1", hf_dir, outputs=outputs, golden_inputs=golden, **common)
+        ]
+    elif examples or all_examples:
         if model or weights or factory or inputs_json or golden_inputs:
             raise click.UsageError("--example/--all-examples take no MODEL, --weights, --factory or --inputs")
         manifests = publishing.publish_examples(
@@ -91,8 +111,8 @@ def publish(
     else:
         if not (model and version and weights and factory and inputs_json):
             raise click.UsageError(
-                "publish needs --example NAME, --all-examples, or MODEL --version V --weights FILE "
-                "--factory pkg.mod:fn --inputs JSON"
+                "publish needs --example NAME, --all-examples, MODEL --hf-dir DIR, or MODEL --version V "
+                "--weights FILE --factory pkg.mod:fn --inputs JSON"
             )
         from warmstart.snapshot.golden import read_input_file
 
@@ -101,7 +121,7 @@ def publish(
         manifests = [
             publishing.publish_file(
                 store, model, version, weights, architecture, _json_arg(inputs_json, "--inputs"),
-                golden, **common,
+                golden, outputs=outputs, **common,
             )
         ]  # fmt: skip
     if as_json:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -49,3 +53,21 @@ def test_prepare_process_leaves_the_global_rng_alone(monkeypatch: pytest.MonkeyP
     state = torch.random.get_rng_state()
     process.prepare_process()
     assert torch.equal(torch.random.get_rng_state(), state)
+
+
+def test_prepare_architectures_imports_and_builds_every_registered_one() -> None:
+    """In a fresh process: after it, the HF architecture's modules are imported (no request
+    pays that), and a second call prepares nothing again."""
+    pytest.importorskip("transformers")
+    code = (
+        "import sys, json\n"
+        "from warmstart.snapshot.process import prepare_architectures\n"
+        "first = prepare_architectures()\n"
+        "print(json.dumps([sorted(first), 'transformers.models.bert.modeling_bert' in sys.modules,"
+        " prepare_architectures()]))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    prepared, bert_imported, again = json.loads(out.stdout.strip().splitlines()[-1])
+    assert "warmstart.snapshot.hf:build_hf_model" in prepared
+    assert "warmstart.snapshot.examples:build_recsys_model" in prepared
+    assert bert_imported and again == {}

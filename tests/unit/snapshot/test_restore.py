@@ -443,3 +443,25 @@ def test_tie_restored_from_whichever_name_the_file_kept(tmp_path: Path) -> None:
     restored = restore_weights(path, RECSYS.architecture)
     assert restored.item_embedding.weight is restored.score.weight
     assert torch.equal(restored.item_embedding.weight, original.item_embedding.weight)
+
+
+def test_restores_of_one_architecture_reuse_its_skeleton_but_share_nothing(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    _, path, manifest = publish(tmp_path, ENCODER)
+    builds = []
+    real_build = restore_mod._build_on_meta
+    monkeypatch.setattr(restore_mod, "_build_on_meta", lambda *a: builds.append(a) or real_build(*a))
+    monkeypatch.setattr(restore_mod, "_skeletons", {})
+    first = restore_model(path, manifest)
+    second = restore_model(path, manifest)
+    assert len(builds) == 1  # the second restore copied the skeleton instead of building
+    computed = restore_mod.non_persistent_buffers(first)
+    assert computed  # the encoder's positional table: real, computed at build
+    name = sorted(computed)[0]
+    first_buffer, second_buffer = first.get_buffer(name), second.get_buffer(name)
+    assert first_buffer.data_ptr() != second_buffer.data_ptr()  # copied, not shared
+    for (n1, p1), (n2, p2) in zip(first.named_parameters(), second.named_parameters()):
+        assert n1 == n2 and p1 is not p2  # both view the file, through their own Parameters
+    ids = torch.randint(0, ENCODER.architecture.kwargs["vocab_size"], (2, 5))
+    mask = torch.ones(2, 5, dtype=torch.int64)
+    with torch.inference_mode():
+        torch.testing.assert_close(first(input_ids=ids, attention_mask=mask), second(input_ids=ids, attention_mask=mask))

@@ -18,7 +18,7 @@ NAN_OUT = "tests.unit.snapshot.tiny_models:build_nan_output"
 TINY_FACTORIES = (MLP, TIED, DICT_OUT, BAD_OUT, NOISY, NAN_OUT)
 
 MLP_INPUTS = [{"name": "x", "dtype": "float32", "shape": ["batch", 4]}]
-TIED_INPUTS = [{"name": "ids", "dtype": "int64", "shape": ["batch", "seq"]}]
+TIED_INPUTS = [{"name": "ids", "dtype": "int64", "shape": ["batch", "seq"], "value_range": [0, 10]}]
 
 
 class TinyMLP(nn.Module):
