@@ -26,6 +26,7 @@ import math
 import shutil
 import statistics
 import tempfile
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,12 +66,13 @@ TARGETS = {
     "warm_overhead_p50": ("warm_overhead_p50_ms/echo_p50_ms", 1.3, "le"),
     "warm_overhead_p99": ("warm_overhead_p99_ms/echo_p99_ms", 2.0, "le"),
     "lazy_cold_speedup": ("naive_cold_s/lazy_cold_s", 10.0, "ge"),
+    "raw_lazy_cold": ("raw_lazy_cold_s/lazy_cold_s", 1.2, "le"),
 }
 
 #: The JSON's headline keys: the targets' operands.
 HEADLINE_KEYS = (
     "warm_overhead_p50_ms", "warm_overhead_p99_ms", "echo_p50_ms", "echo_p99_ms",
-    "lazy_cold_s", "naive_cold_s",
+    "lazy_cold_s", "naive_cold_s", "raw_lazy_cold_s",
 )  # fmt: skip
 
 
@@ -249,6 +251,7 @@ def summarise(
     lazy: list[dict[str, Any]],
     naive: list[float],
     config: ServeBenchConfig,
+    raw: list[float] | None = None,
 ) -> dict[str, Any]:
     """Turn the samples into the benchmark's JSON result (percentiles, ratios, targets).
 
@@ -262,11 +265,13 @@ def summarise(
         "echo_p99_ms": percentile(echoes, 99) * 1e3,
         "lazy_cold_s": median(s["lazy_cold_s"] for s in lazy),
         "naive_cold_s": median(naive),
+        "raw_lazy_cold_s": median(raw) if raw else None,
     }
     ratios = {
         "warm_overhead_p50_ms/echo_p50_ms": ratio(headline["warm_overhead_p50_ms"], headline["echo_p50_ms"]),
         "warm_overhead_p99_ms/echo_p99_ms": ratio(headline["warm_overhead_p99_ms"], headline["echo_p99_ms"]),
         "naive_cold_s/lazy_cold_s": ratio(headline["naive_cold_s"], headline["lazy_cold_s"]),
+        "raw_lazy_cold_s/lazy_cold_s": ratio(headline["raw_lazy_cold_s"], headline["lazy_cold_s"]),
     }
     targets = {
         name: {"ratio": key, "value": ratios[key], "bound": bound, "op": op, "met": _meets(ratios[key], bound, op)}
@@ -290,6 +295,7 @@ def summarise(
         "cold": {
             "lazy_cold_samples_s": [s["lazy_cold_s"] for s in lazy],
             "naive_cold_samples_s": list(naive),
+            "raw_lazy_cold_samples_s": list(raw or []),
             # medians of the lazy start's parts (None where the worker did not publish one)
             "lazy_breakdown_s": {
                 part: _median_or_none(s.get(part) for s in lazy) for part in lazy_parts
@@ -359,6 +365,7 @@ def run_serve_benchmark(config: ServeBenchConfig, progress: Progress | None = No
         nodename = str(registry.workers()[0][WORKER]["nodename"])
         client = Client(load_settings(**settings))
         warm_client(client, config.warmup_requests, timeout_s)
+        raw: list[float] = []
 
         lazy: list[dict[str, Any]] = []
         naive: list[float] = []
@@ -378,13 +385,15 @@ def run_serve_benchmark(config: ServeBenchConfig, progress: Progress | None = No
             say(f"[{repeat}/{config.cold_repeats}] naive cold start (fresh process, torch.load): "
                 f"{format_seconds(naive_s)}")  # fmt: skip
 
+        raw = measure_raw_cold_starts(files, settings, client, registry, nodename, config, say)
+
         say("warm: pre-warming to HOT, then untimed warm-up requests")
         make_hot(client, nodename, timeout_s)
         _, answer = time_inference(client, files.inputs, timeout_s)
         check_output("the warm path", answer_output(answer), files.reference)
         measure_warm(client, files.inputs, config.warmup_requests, timeout_s, lambda _line: None)
         warm, echoes = measure_warm(client, files.inputs, config.requests, timeout_s, say)
-        return summarise(files, warm, echoes, lazy, naive, config)
+        return summarise(files, warm, echoes, lazy, naive, config, raw)
     except WarmstartError as e:
         if worker is not None and not worker.alive():
             raise WarmstartError(f"{e}\nthe worker exited; its log:\n{worker.output()[-4000:]}") from e
@@ -399,12 +408,47 @@ def run_serve_benchmark(config: ServeBenchConfig, progress: Progress | None = No
         shutil.rmtree(root, ignore_errors=True)
 
 
+def measure_raw_cold_starts(files: ServeFiles, settings: dict[str, object], client: Any, registry: Any,
+                            nodename: str, config: ServeBenchConfig, say: Progress) -> list[float]:
+    """``cold_repeats`` lazy cold starts from a plain Celery client (no warmstart import),
+    with a beat running: it sees the request on the queue and sends the pre-warm. The model
+    is at DISK before each, as for the Python client's repeats after the first."""
+    from warmstart.bench.serve_raw import measure_raw_lazy_cold
+    from warmstart.infra.redis_client import connect, key
+    from warmstart.processes import ChildProcess
+    from warmstart.workers.wire import encode_tensor
+
+    beat = ChildProcess(["beat", "--loglevel", "WARNING"], {**settings, "plan_interval_s": 1.0}).start()
+    samples: list[float] = []
+    try:
+        redis = connect(str(settings["redis_url"]))
+        deadline = time.monotonic() + 60
+        while not redis.get(key("beat", "leader")):
+            if time.monotonic() > deadline or not beat.alive():
+                raise WarmstartError(f"the beat did not start:\n{beat.output()[-4000:]}")
+            time.sleep(0.1)
+        time.sleep(2.0)  # its first tick is done and its queue watcher listens
+        kwargs = {"model": MODEL, "inputs": {n: encode_tensor(t) for n, t in files.inputs.items()}}
+        for repeat in range(1, config.cold_repeats + 1):
+            pagecache.warm(files.weights_path)
+            seconds, answer = measure_raw_lazy_cold(str(settings["redis_url"]), kwargs, config.answer_timeout_s)
+            check_output("the raw client's lazy cold start", answer_output(answer), files.reference)
+            samples.append(seconds)
+            say(f"[{repeat}/{config.cold_repeats}] raw Celery client lazy cold start (beat sends the "
+                f"pre-warm, model at DISK): {format_seconds(seconds)}")  # fmt: skip
+            demote(client.app, nodename, "DISK", config.answer_timeout_s)
+    finally:
+        beat.close()
+    return samples
+
+
 # --- the tables -----------------------------------------------------------------------------
 
 _TARGET_LABELS = {
     "warm_overhead_p50": "warm overhead p50 ÷ echo p50",
     "warm_overhead_p99": "warm overhead p99 ÷ echo p99",
     "lazy_cold_speedup": "naive cold ÷ lazy cold",
+    "raw_lazy_cold": "raw Celery client lazy cold ÷ lazy cold",
 }
 
 
@@ -441,8 +485,10 @@ def serve_tables(result: dict[str, Any]) -> list[Any]:
         ["  forward", format_seconds(breakdown["forward_s"])],
         ["  forward ends -> answer in hand", format_seconds(breakdown["return_s"])],
         ["naive cold start: process start -> answer (median)", format_seconds(result["naive_cold_s"])],
+        ["raw Celery client lazy cold start, beat running (median)", format_seconds(result.get("raw_lazy_cold_s"))],
         ["samples: lazy", ", ".join(format_seconds(v) for v in cold["lazy_cold_samples_s"])],
         ["samples: naive", ", ".join(format_seconds(v) for v in cold["naive_cold_samples_s"])],
+        ["samples: raw client", ", ".join(format_seconds(v) for v in cold.get("raw_lazy_cold_samples_s", []))],
         ["warm-up runs per lazy start", ", ".join(str(v) for v in cold["lazy_warmup_runs"])],
     ]
     cold_table = make_table(

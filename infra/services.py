@@ -121,7 +121,8 @@ class _ChildService:
 
 class EmbeddedRedis(_ChildService):
     """A private redis-server: no persistence, loopback only, no message (bulk string) over
-    ``max_message_bytes`` (default: ``WARMSTART_MAX_MESSAGE_BYTES``, at least 1 MiB)."""
+    ``max_message_bytes`` (default: ``WARMSTART_MAX_MESSAGE_BYTES``, at least 1 MiB), and
+    keyspace notifications on lists (``notify-keyspace-events Kl``) for the beat."""
 
     name = "redis-server"
 
@@ -150,6 +151,9 @@ class EmbeddedRedis(_ChildService):
             "--save", "", "--appendonly", "no", "--dir", self._dir,
             "--protected-mode", "yes", "--loglevel", "warning",
             "--proto-max-bulk-len", str(self.max_message_bytes),
+            # Keyspace events on lists: the beat sees every request pushed onto infer.<model>
+            # (warmstart.scheduler.queue_watch); a managed Redis needs the same one setting.
+            "--notify-keyspace-events", "Kl",
         ]  # fmt: skip
 
     def _ready(self) -> bool:

@@ -14,8 +14,14 @@ greedily. Eager models (in ``prod``) come first. Hysteresis keeps placements sta
   fits;
 - a model stays on the worker where it already is when that worker has room.
 
-Each model is placed on at most one live worker. A dead worker's models count as not placed
-anywhere, so they go to live workers. Budgets follow the worker's own rule
+Replicas: a model planned HOT may get more than one HOT copy, each on another live worker
+(:func:`replicas_wanted`): two for an eager model in ``prod`` when two or more workers are
+alive, and as many as its measured load needs (``load`` = arrivals per second × service
+seconds, one worker serving ``worker_capacity`` of it). Eager models' copies are placed
+first, then every other model's first copy, then the other models' extra copies, so a
+replica never takes the room of another model's only copy. Below HOT a model is placed once.
+A dead worker's copies count as not placed anywhere, so the next plan places them on live
+workers (its other replicas keep serving meanwhile). Budgets follow the worker's own rule
 (:mod:`warmstart.workers.capacity`): a model counts against the budget of every level at or
 below its tier (HOT: device, host and cache; HOST: host and cache; DISK: cache), so the
 planned state never exceeds a budget the way the worker counts it, and carrying the plan out
@@ -27,6 +33,8 @@ pre-warms.
 
 from __future__ import annotations
 
+import heapq
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -49,12 +57,15 @@ class ModelDemand:
         tier: the tier the policy wants the model at (REMOTE = may be dropped).
         arrival_prob: probability of an arrival in the next minute (0..1).
         eager: pre-warm before any traffic (placed HOT in ``prod`` whenever it fits).
+        load: measured busy seconds per second (arrivals per second × service seconds);
+            more than one worker's ``worker_capacity`` asks for more HOT replicas.
     """
 
     model: str
     tier: Tier
     arrival_prob: float = 0.0
     eager: bool = False
+    load: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -95,12 +106,17 @@ class PlanConfig:
         now_min: the current minute (for minimum residency).
         replace_margin: factor by which an incumbent's value is raised against newcomers.
         min_residency_min: minutes a placement is held before it may be moved or demoted.
+        worker_capacity: busy seconds per second one worker gives one model (1.0: one
+            forward at a time, always busy).
+        max_replicas: the most HOT copies of one model.
     """
 
     profile: Literal["dev", "prod"] = "prod"
     now_min: int = 0
     replace_margin: float = 1.5
     min_residency_min: int = 5
+    worker_capacity: float = 1.0
+    max_replicas: int = 8
 
 
 @dataclass(frozen=True)
@@ -118,15 +134,35 @@ class Plan:
 
     Attributes:
         actions: per live worker, its actions (one per model it should or did hold).
-        placement: per model, ``(worker, tier)`` in the planned state.
+        placement: per model, ``(worker, tier)`` of its first (warmest) copy.
+        replicas: per model, every copy ``(worker, tier)`` (the first is ``placement``'s).
         keep_warm: models planned HOT that stay HOT (they get a keep-warm ping).
+        keep_warm_on: per model in ``keep_warm``, the workers whose HOT copy stays.
         unplaced: models that wanted a tier but fit nowhere.
+        short_replicas: models that got fewer HOT copies than they wanted (room).
     """
 
     actions: dict[str, list[Action]] = field(default_factory=dict)
     placement: dict[str, tuple[str, Tier]] = field(default_factory=dict)
+    replicas: dict[str, list[tuple[str, Tier]]] = field(default_factory=dict)
     keep_warm: list[str] = field(default_factory=list)
+    keep_warm_on: dict[str, list[str]] = field(default_factory=dict)
     unplaced: list[str] = field(default_factory=list)
+    short_replicas: list[str] = field(default_factory=list)
+
+
+def replicas_wanted(demand: ModelDemand, live_workers: int, config: PlanConfig) -> int:
+    """How many HOT copies ``demand`` wants: 1, or 2 for an eager model in ``prod`` with two
+    or more live workers, or ``ceil(load / worker_capacity)`` when that is more; never more
+    than the live workers or ``max_replicas``; always 1 in ``dev`` (it pre-warms nothing)."""
+    if config.profile == "dev":
+        return 1  # dev raises nothing, so it never adds a copy
+    want = 1
+    if demand.eager and config.profile == "prod":
+        want = 2
+    if config.worker_capacity > 0 and demand.load > config.worker_capacity:
+        want = max(want, math.ceil(demand.load / config.worker_capacity))
+    return max(1, min(want, live_workers, config.max_replicas))
 
 
 def plan(demands: list[ModelDemand], workers: list[WorkerState],
@@ -159,9 +195,19 @@ def plan(demands: list[ModelDemand], workers: list[WorkerState],
     placement: dict[str, tuple[str, Tier]] = {}
     unplaced: list[str] = []
 
+    # Who holds each model, warmest first (ties: the workers' order).
+    holders: dict[str, list[tuple[str, Tier]]] = {}
+    for w in live:
+        for model, tier in current[w.name].items():
+            holders.setdefault(model, []).append((w.name, tier))
+    for held_by in holders.values():
+        held_by.sort(key=lambda x: _RANK[x[1]])
+    since_of = {(w.name, m): t for w in workers for m, t in w.placed_at_min.items()}
+    index = {w.name: i for i, w in enumerate(live)}
+
     def where(model: str) -> tuple[str, Tier] | None:
-        held = [(w, cur[model]) for w, cur in current.items() if model in cur]
-        return min(held, key=lambda x: _RANK[x[1]]) if held else None
+        held = holders.get(model)
+        return held[0] if held else None
 
     def target(d: ModelDemand) -> Tier:
         held = where(d.model)
@@ -173,68 +219,102 @@ def plan(demands: list[ModelDemand], workers: list[WorkerState],
 
     targets = {d.model: target(d) for d in demands}
     by_model = {d.model: d for d in demands}
+    copies: dict[str, list[tuple[str, Tier]]] = {}
+    short: list[str] = []
     for tier in _PLACED_TIERS:
         colder = TIER_ORDER[_RANK[tier] + 1]
 
-        def score(d: ModelDemand) -> tuple[int, int, float]:
+        def score(entry: tuple[ModelDemand, int]) -> tuple[int, int, int, float]:
+            d, copy = entry
             c = costs[d.model]
             value = c.value_per_byte(tier, max(d.arrival_prob, 1e-12), colder)
             held = where(d.model)
             pinned = 0
             if held is not None and _RANK[held[1]] <= _RANK[tier]:
                 value *= cfg.replace_margin
-                since = _placed_since(workers, held[0], d.model)
+                since = since_of.get((held[0], d.model))
                 if since is not None and cfg.now_min - since < cfg.min_residency_min:
                     pinned = 1
             eager = int(d.eager and cfg.profile == "prod")
-            return (eager, pinned, value)
+            return (eager, int(copy == 0), pinned, value)
 
         wanting = [by_model[m] for m, t in targets.items()
                    if m not in placement and _RANK[t] <= _RANK[tier]]
-        for d in sorted(wanting, key=score, reverse=True):
+        entries = [(d, k) for d in wanting
+                   for k in range(replicas_wanted(d, len(live), cfg) if tier == Tier.HOT else 1)]
+        # The workers by free room at this tier, most first (a max-heap with lazy updates:
+        # an entry whose room changed since it was pushed is dropped when popped).
+        heap = [(-room[w.name].free(tier), index[w.name], w.name) for w in live]
+        heapq.heapify(heap)
+
+        def most_room(size: int, taken: set[str]) -> str | None:
+            aside, found = [], None
+            while heap:
+                key_free, i, name = heap[0]
+                if -key_free != room[name].free(tier):
+                    heapq.heappop(heap)  # stale; a fresh entry was pushed when it changed
+                    continue
+                if name in taken:
+                    aside.append(heapq.heappop(heap))
+                    continue
+                found = name if room[name].fits(size, tier) else None
+                break  # the most room of all: if it does not fit there, it fits nowhere
+            for item in aside:
+                heapq.heappush(heap, item)
+            return found
+
+        for d, copy in sorted(entries, key=score, reverse=True):
+            if copy > 0 and d.model not in placement:
+                continue  # no first copy: no replica either
             size = costs[d.model].size_bytes
-            held = where(d.model)
-            order = sorted(live, key=lambda w: (held is None or w.name != held[0],
-                                                -room[w.name].free(tier)))
-            for w in order:
-                if room[w.name].fits(size, tier):
-                    room[w.name].place(size, tier)
-                    placement[d.model] = (w.name, tier)
-                    break
+            taken = {w for w, _ in copies.get(d.model, [])}
+            # Where it is already (warmest first, then most room), else the most room.
+            held_here = [w for w, _ in holders.get(d.model, ()) if w not in taken]
+            if len(held_here) > 1:
+                held_here.sort(key=lambda w: (_RANK[current[w][d.model]], -room[w].free(tier), index[w]))
+            chosen = next((w for w in held_here if room[w].fits(size, tier)), None)
+            if chosen is None:
+                chosen = most_room(size, taken)
+            if chosen is not None:
+                room[chosen].place(size, tier)
+                heapq.heappush(heap, (-room[chosen].free(tier), index[chosen], chosen))
+                copies.setdefault(d.model, []).append((chosen, tier))
+                placement.setdefault(d.model, (chosen, tier))
             else:
-                if tier == Tier.DISK:
+                if copy > 0:
+                    short.append(d.model)
+                elif tier == Tier.DISK:
                     unplaced.append(d.model)
-    return _actions(live, current, placement, unplaced, cfg)
+    result = _actions(live, current, copies, unplaced, cfg)
+    result.placement = placement
+    result.short_replicas = sorted(set(short))
+    return result
 
-
-def _placed_since(workers: list[WorkerState], worker: str, model: str) -> int | None:
-    for w in workers:
-        if w.name == worker:
-            return w.placed_at_min.get(model)
-    return None
 
 
 def _actions(live: list[WorkerState], current: dict[str, dict[str, Tier]],
-             placement: dict[str, tuple[str, Tier]], unplaced: list[str],
+             copies: dict[str, list[tuple[str, Tier]]], unplaced: list[str],
              cfg: PlanConfig) -> Plan:
-    out = Plan(placement=placement, unplaced=sorted(set(unplaced)))
+    out = Plan(replicas=copies, unplaced=sorted(set(unplaced)))
+    planned = {(worker, model): tier for model, held in copies.items() for worker, tier in held}
     # Per worker, what frees room comes first (drops, demotions), then keeps, then raises:
     # the worker then finds the room a raise needs already free, and never picks a victim.
     kinds = ("drop", "demote", "keep", "prewarm")
     by_kind: dict[str, dict[str, list[Action]]] = {w.name: {k: [] for k in kinds} for w in live}
     for w in live:
         for model in sorted(current[w.name]):
-            if placement.get(model, ("", None))[0] != w.name:
+            if (w.name, model) not in planned:
                 by_kind[w.name]["drop"].append(Action("drop", model, Tier.REMOTE))
-    for model, (worker, tier) in sorted(placement.items()):
+    for (worker, model), tier in sorted(planned.items(), key=lambda x: (x[0][1], x[0][0])):
         was = current[worker].get(model)
         if was is None or _RANK[tier] < _RANK[was]:
             by_kind[worker]["prewarm"].append(Action("prewarm", model, tier))
         elif tier == was:
             by_kind[worker]["keep"].append(Action("keep", model, tier))
             if tier == Tier.HOT:
-                out.keep_warm.append(model)
+                out.keep_warm_on.setdefault(model, []).append(worker)
         else:
             by_kind[worker]["demote"].append(Action("demote", model, tier))
+    out.keep_warm = sorted(out.keep_warm_on)
     out.actions = {w: [a for k in kinds for a in lists[k]] for w, lists in by_kind.items()}
     return out

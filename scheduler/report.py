@@ -20,7 +20,7 @@ def print_simulation(result: dict[str, Any], console: Console | None = None) -> 
     table = Table(title=(f"{info.get('models', '?')} models × {info.get('minutes', '?')} minutes, "
                          f"budget {result.get('budget_bytes', 0) / 2**30:.1f} GiB"))
     for col in ("policy", "cold %", "Q3 cold %", "waste % (fixed-10=100)", "host waste %",
-                "cold s (budget)", "cold % (budget)", "replay s"):
+                "memory USD", "cold s (budget)", "cold % (budget)", "replay s"):
         table.add_column(col, justify="left" if col == "policy" else "right",
                          no_wrap=col == "policy")
     rows = {**result.get("policies", {}), **result.get("sweep", {})}
@@ -31,6 +31,7 @@ def print_simulation(result: dict[str, Any], console: Console | None = None) -> 
             f"{m['q3_cold_pct']:.2f}",
             f"{m['waste_pct']:.1f}",
             f"{m['host_waste_pct']:.1f}",
+            f"{m.get('memory_cost_usd', 0.0):.2f}",
             f"{m['cold_seconds']:.0f}",
             f"{m['budget_cold_pct']:.2f}",
             f"{m['replay_s']:.1f}",

@@ -12,6 +12,10 @@ Metrics per policy (as in Shahrad et al.):
 - ``q3_cold_pct``: the 75th percentile over models (with arrivals) of each model's cold %;
 - ``waste_pct``: memory × minutes HOT without arrivals, normalised so that ``fixed-10`` = 100;
 - ``host_waste_pct``: the same at HOST, on the same scale (host memory is ~500× cheaper);
+- ``memory_cost_usd``: what the memory the policy holds costs over the trace, at the
+  settings' prices (:class:`~warmstart.scheduler.costs.Prices`): GB × hours HOT × the GPU
+  price + GB × hours at HOST × the host price, every minute held (with arrivals or not);
+  ``hot_cost_usd`` and ``host_cost_usd`` are its two parts;
 
 and, under a memory budget (``budget_bytes`` of device memory, the same again of host memory;
 default: half the sum of all model sizes, which the policies' HOT sets exceed at peaks):
@@ -39,13 +43,15 @@ from typing import Any
 import numpy as np
 
 from warmstart.infra.errors import SchedulerError
-from warmstart.scheduler.costs import ModelCosts, Throughputs, default_to_hot_s
+from warmstart.scheduler.costs import GiB, ModelCosts, Prices, Throughputs, default_to_hot_s
 from warmstart.scheduler.policies import ModelContext, TrafficState, make_policy
 from warmstart.scheduler.policies.base import TIER_ORDER, Tier
 from warmstart.scheduler.traces import Trace
 from warmstart.workers.capacity import Budgets, Room
 
-DEFAULT_POLICIES = ["fixed-10", "hybrid", "warmstart"]
+#: ``hybrid+host`` is hybrid with the tiers warmstart may use (unloaded models parked at
+#: HOST), so that a budgeted comparison measures the policy, not the tier model.
+DEFAULT_POLICIES = ["fixed-10", "hybrid", "hybrid+host", "warmstart"]
 REFERENCE_POLICY = "fixed-10"
 #: Default device (and host) budget as a fraction of the sum of all model sizes.
 DEFAULT_BUDGET_FRACTION = 0.5
@@ -156,7 +162,7 @@ def _budgeted(tiers: np.ndarray, probs: np.ndarray, size: np.ndarray,
 
 def _metrics(name: str, trace: Trace, tiers: np.ndarray, probs: np.ndarray,
              seconds: np.ndarray, saved_s: np.ndarray, budget_bytes: int,
-             elapsed_s: float) -> dict[str, Any]:
+             elapsed_s: float, prices: Prices) -> dict[str, Any]:
     active = trace.counts > 0
     hot = tiers == _HOT
     mem_mb = trace.memory_mb[:, None]
@@ -164,6 +170,9 @@ def _metrics(name: str, trace: Trace, tiers: np.ndarray, probs: np.ndarray,
     n_active = active.sum(axis=1)
     per_model = cold.sum(axis=1)[n_active > 0] / n_active[n_active > 0] * 100
     size = trace.memory_bytes()
+    gb = size.astype(np.float64) / GiB
+    hot_usd = float((hot.sum(axis=1) * gb).sum() * prices.gpu_gb_hour / 60)
+    host_usd = float(((tiers == _HOST).sum(axis=1) * gb).sum() * prices.host_gb_hour / 60)
     b_tiers, evictions = _budgeted(tiers, probs, size, saved_s, budget_bytes)
     b_cold = active & (b_tiers != _HOT)
     # Before its first arrival a model has never been fetched: it comes from REMOTE.
@@ -177,6 +186,9 @@ def _metrics(name: str, trace: Trace, tiers: np.ndarray, probs: np.ndarray,
         "median_cold_pct": float(np.percentile(per_model, 50)) if per_model.size else 0.0,
         "waste_mb_min": float(((hot & ~active) * mem_mb).sum()),
         "host_mb_min": float((((tiers == _HOST) & ~active) * mem_mb).sum()),
+        "memory_cost_usd": hot_usd + host_usd,
+        "hot_cost_usd": hot_usd,
+        "host_cost_usd": host_usd,
         "cold_starts": int(cold.sum()),
         "cold_seconds": float(cold_s),
         "budget_cold_pct": float(b_cold.sum() / max(active.sum(), 1) * 100),
@@ -186,7 +198,8 @@ def _metrics(name: str, trace: Trace, tiers: np.ndarray, probs: np.ndarray,
 
 
 def simulate(trace: Trace, policies: list[str] | None = None, budget_bytes: int | None = None,
-             *, sweep: bool = False, throughputs: Throughputs | None = None) -> dict[str, Any]:
+             *, sweep: bool = False, throughputs: Throughputs | None = None,
+             prices: Prices | None = None) -> dict[str, Any]:
     """Replay ``trace`` through each policy and measure cold starts, waste and cost.
 
     Args:
@@ -198,6 +211,7 @@ def simulate(trace: Trace, policies: list[str] | None = None, budget_bytes: int 
         sweep: also replay fixed-N and warmstart-B for several N and B (for the trade-off
             plot), under ``"sweep"``.
         throughputs: load-time defaults of the cost model.
+        prices: memory prices for ``memory_cost_usd`` (default: the settings' defaults).
 
     Returns:
         JSON-ready ``{"policies": {name: metrics}, "sweep": {name: metrics}, "trace": {…},
@@ -233,7 +247,7 @@ def simulate(trace: Trace, policies: list[str] | None = None, budget_bytes: int 
         t0 = time.perf_counter()
         tiers, probs = replay(trace, name, contexts)
         results[name] = _metrics(name, trace, tiers, probs, seconds, saved_s, budget,
-                                 time.perf_counter() - t0)
+                                 time.perf_counter() - t0, prices or Prices())
     ref = results[REFERENCE_POLICY]["waste_mb_min"] or 1.0
     for r in results.values():
         r["waste_pct"] = r["waste_mb_min"] / ref * 100

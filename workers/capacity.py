@@ -44,7 +44,10 @@ def fills(tier: Tier, level: Tier) -> bool:
 
 def levels_filled(tier: Tier) -> tuple[Tier, ...]:
     """The budget levels a model at ``tier`` counts against (none for REMOTE)."""
-    return tuple(level for level in LEVELS if fills(tier, level))
+    return _LEVELS_FILLED[tier]
+
+
+_LEVELS_FILLED = {t: tuple(level for level in LEVELS if fills(t, level)) for t in Tier}
 
 
 @dataclass(frozen=True)
@@ -76,13 +79,15 @@ class Room:
     def __init__(self, budgets: Budgets, placed: Iterable[tuple[Tier, int]] = ()) -> None:
         self.budgets = budgets
         self.used = usage(placed)
+        self._budget = {level: budgets.of(level) for level in LEVELS}
 
     def free(self, tier: Tier) -> int:
         """The largest model that still fits at ``tier`` (the tightest of its levels)."""
-        levels = levels_filled(tier)
+        levels = _LEVELS_FILLED[tier]
         if not levels:
             return 2**63
-        return min(self.budgets.of(level) - self.used[level] for level in levels)
+        budget, used = self._budget, self.used
+        return min([budget[level] - used[level] for level in levels])
 
     def fits(self, size_bytes: int, tier: Tier) -> bool:
         """True when a model of ``size_bytes`` fits at ``tier`` on top of what is placed."""

@@ -19,7 +19,7 @@ from warmstart.scheduler.policies.base import (
 )
 
 KNOWN_POLICIES = ("fixed-10", "fixed-N (N whole minutes)", "hybrid", "warmstart",
-                  "warmstart-B (B break-even minutes)")
+                  "warmstart-B (B break-even minutes)", "<any of these>+host (unloaded models parked at HOST)")
 
 
 def make_policy(name: str) -> Policy:
@@ -28,7 +28,9 @@ def make_policy(name: str) -> Policy:
     Args:
         name: ``fixed-N`` (keep-alive N minutes, e.g. ``fixed-10``), ``hybrid``,
             ``warmstart`` (a cold start worth 240 minutes of the fleet's mean model's GPU
-            memory, ``DEFAULT_BREAKEVEN_MIN``) or ``warmstart-B`` (worth B minutes).
+            memory, ``DEFAULT_BREAKEVEN_MIN``) or ``warmstart-B`` (worth B minutes); any of
+            them with ``+host`` (e.g. ``hybrid+host``) parks the models it unloads at HOST
+            (:mod:`warmstart.scheduler.policies.park`).
 
     Returns:
         A fresh :class:`Policy`.
@@ -42,6 +44,10 @@ def make_policy(name: str) -> Policy:
     from warmstart.scheduler.policies.warmstart import WarmstartPolicy
 
     key = name.strip().lower()
+    if key.endswith("+host") and not key[: -len("+host")].endswith("+host"):
+        from warmstart.scheduler.policies.park import ParkAtHost
+
+        return ParkAtHost(make_policy(key[: -len("+host")]))
     if key == "hybrid":
         return HybridHistogram()
     if key == "warmstart":

@@ -53,6 +53,7 @@ from warmstart.scheduler.policies.base import (
     Policy,
     Tier,
     TrafficState,
+    observe,
 )
 
 #: Default valuation of a cold start, in minutes of the fleet's reference model's GPU memory:
@@ -63,6 +64,13 @@ DEFAULT_BREAKEVEN_MIN = 240.0
 PRIOR_WEIGHT = 1.0
 #: Minute-of-day tolerance of the daily profile.
 DAILY_JITTER_MIN = 2
+
+
+_D = np.arange(IDLE_BINS)
+_FALSE = np.zeros(1, dtype=bool)
+#: The log-scale window [d/2, 2d] of each idle length d (``_HI1`` is its end + 1).
+_LO = np.maximum(1, _D // 2)
+_HI1 = np.minimum(IDLE_BINS - 1, 2 * _D) + 1
 
 
 def idle_hazard(idle_hist: list[int], idle_oob: int) -> np.ndarray:
@@ -86,16 +94,24 @@ def idle_hazard(idle_hist: list[int], idle_oob: int) -> np.ndarray:
     at_risk = np.cumsum(n[::-1])[::-1] + idle_oob
     cum_events = np.concatenate(([0.0], np.cumsum(n)))
     cum_exposure = np.concatenate(([0.0], np.cumsum(at_risk)))
-    d = np.arange(IDLE_BINS)
-    lo = np.maximum(1, d // 2)
-    hi = np.minimum(IDLE_BINS - 1, 2 * d)
-    events = cum_events[hi + 1] - cum_events[lo]
-    exposure = cum_exposure[hi + 1] - cum_exposure[lo]
+    events = cum_events[_HI1] - cum_events[_LO]
+    exposure = cum_exposure[_HI1] - cum_exposure[_LO]
     with np.errstate(divide="ignore", invalid="ignore"):
         coarse = np.where(exposure > 0, events / exposure, 0.0)
     hazard = (n + PRIOR_WEIGHT * coarse) / (at_risk + PRIOR_WEIGHT)
     hazard[0] = 0.0
     return hazard
+
+
+def hazard_at_1(idle_hist: list[int], idle_oob: int) -> float:
+    """``idle_hazard(idle_hist, idle_oob)[1]``, computed alone (same operations, same bits)."""
+    at_risk_1 = float(sum(idle_hist[1:]) + idle_oob)
+    n1 = float(idle_hist[1])
+    at_risk_2 = at_risk_1 - n1
+    events = n1 + float(idle_hist[2])
+    exposure = at_risk_1 + at_risk_2
+    coarse = events / exposure if exposure > 0 else 0.0
+    return (n1 + PRIOR_WEIGHT * coarse) / (at_risk_1 + PRIOR_WEIGHT)
 
 
 def first_gap_prob(idle_min: int) -> float:
@@ -111,16 +127,9 @@ def first_gap_prob(idle_min: int) -> float:
 
 def _intervals(mask: np.ndarray) -> list[list[int]]:
     """``[[first_idle_min, last_idle_min], …]`` for runs of True in ``mask``."""
-    out: list[list[int]] = []
-    idx = np.flatnonzero(mask)
-    if idx.size == 0:
-        return out
-    breaks = np.flatnonzero(np.diff(idx) > 1)
-    starts = np.concatenate(([idx[0]], idx[breaks + 1]))
-    ends = np.concatenate((idx[breaks], [idx[-1]]))
-    for s, e in zip(starts, ends):
-        out.append([int(s), int(e)])
-    return out
+    padded = np.concatenate((_FALSE, mask, _FALSE))
+    edges = np.flatnonzero(padded[1:] != padded[:-1]).tolist()  # starts, and ends + 1
+    return [[edges[i], edges[i + 1] - 1] for i in range(0, len(edges), 2)]
 
 
 class WarmstartPolicy(Policy):
@@ -145,6 +154,7 @@ class WarmstartPolicy(Policy):
         self.breakeven_min = float(breakeven_min)
         self.hot_threshold = 1.0 / (1.0 + self.breakeven_min)
         self.prices = prices or Prices()
+        self._host_cache: dict[int, tuple[ModelContext, float]] = {}
         self.name = ("warmstart" if self.breakeven_min == DEFAULT_BREAKEVEN_MIN
                      else f"warmstart-{breakeven_min:g}")
 
@@ -157,6 +167,16 @@ class WarmstartPolicy(Policy):
         return self.hot_threshold
 
     def _host_threshold(self, context: ModelContext) -> float:
+        cached = self._host_cache.get(id(context))
+        if cached is not None and cached[0] is context:
+            return cached[1]
+        value = self._host_threshold_uncached(context)
+        if len(self._host_cache) > 100_000:
+            self._host_cache.clear()
+        self._host_cache[id(context)] = (context, value)  # the context is kept: its id stays its own
+        return value
+
+    def _host_threshold_uncached(self, context: ModelContext) -> float:
         costs = None
         if context.size_bytes and context.size_bytes > 0:
             costs = ModelCosts(context.model, context.size_bytes, dict(context.to_hot_s or {}))
@@ -184,11 +204,35 @@ class WarmstartPolicy(Policy):
             "host": _intervals(host),
             # The belief of each idle minute up to the support, for the decision's
             # arrival_prob (what a budget ranks by); 6 significant digits keep it small.
-            "prob": [float(f"{h:.6g}") for h in hazard[:last + 1]],
+            "prob": [float(f"{h:.6g}") for h in hazard[:last + 1].tolist()],
             "support_min": last,
             "host_threshold": host_th,
             "predicted_idle_min": predicted,
         }
+
+    def step(self, context: ModelContext, state: TrafficState, now_min: int,
+             arrivals: int) -> tuple[Decision, TrafficState]:
+        """:meth:`Policy.step`, with the plan built only when it is needed.
+
+        A model with arrivals in consecutive minutes asks, after each, only about the next
+        minute (idle minute 1): when its hazard there is at least θ the decision is HOT and
+        the plan's first HOT minute is 1, both read from the histogram directly
+        (:func:`hazard_at_1`, the same arithmetic as :func:`idle_hazard`, so the same
+        decision to the bit). The whole plan is built at the first minute without an arrival
+        (or by :meth:`decide` when a stored state has none). A busy model thus costs a few
+        microseconds a minute instead of a hazard curve.
+        """
+        new = observe(state, now_min, arrivals)
+        if arrivals > 0:
+            if new.idle_oob or any(new.idle_hist):
+                h1 = hazard_at_1(new.idle_hist, new.idle_oob)
+                if h1 >= self.hot_threshold_for(context):
+                    new.plan = {}
+                    return Decision(Tier.HOT, float(f"{h1:.6g}"), now_min + 1.0, "hazard"), new
+            new.plan = self.replan(context, new, now_min)
+        elif not new.plan and new.last_arrival_min is not None:
+            new.plan = self.replan(context, new, now_min)
+        return self.decide(context, new, now_min), new
 
     def decide(self, context: ModelContext, state: TrafficState, now_min: int) -> Decision:
         if state.last_arrival_min is None:

@@ -41,9 +41,13 @@ def test_summary_computes_the_issue_ratios_and_targets(tmp_path: Path) -> None:
     lazy = [{"lazy_cold_s": s, "restore_s": 0.1, "warmup_runs": 5} for s in (0.4, 0.2, 9.0)]
     naive = [3.0, 4.0, 5.0]
 
-    result = summarise(_files(tmp_path), warm, echoes, lazy, naive, ServeBenchConfig(requests=100, cold_repeats=3))
+    raw = [0.5, 0.44, 0.3]
+    result = summarise(_files(tmp_path), warm, echoes, lazy, naive, ServeBenchConfig(requests=100, cold_repeats=3), raw)
 
     assert set(HEADLINE_KEYS) <= set(result)
+    assert result["raw_lazy_cold_s"] == 0.44
+    assert result["ratios"]["raw_lazy_cold_s/lazy_cold_s"] == pytest.approx(1.1)
+    assert result["targets"]["raw_lazy_cold"]["met"] is True
     assert result["warm_overhead_p50_ms"] == pytest.approx(3.0)
     assert result["warm_overhead_p99_ms"] == pytest.approx(3.0 + 50 * 0.01)  # interpolated
     assert result["echo_p50_ms"] == pytest.approx(2.0)

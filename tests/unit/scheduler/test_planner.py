@@ -23,7 +23,7 @@ def apply(workers: list[WorkerState], p: Plan, now_min: int) -> list[WorkerState
         if not w.alive:
             out.append(w)
             continue
-        tiers = {m: t for m, (wn, t) in p.placement.items() if wn == w.name}
+        tiers = {m: t for m, held in p.replicas.items() for wn, t in held if wn == w.name}
         since = {m: (w.placed_at_min.get(m, now_min) if w.tiers.get(m) == t else now_min)
                  for m, t in tiers.items()}
         out.append(WorkerState(w.name, w.device_budget_bytes, w.host_budget_bytes,
@@ -32,7 +32,7 @@ def apply(workers: list[WorkerState], p: Plan, now_min: int) -> list[WorkerState
 
 
 def used(p: Plan, costs: dict[str, ModelCosts], worker: str, tier: Tier) -> int:
-    return sum(costs[m].size_bytes for m, (w, t) in p.placement.items()
+    return sum(costs[m].size_bytes for m, held in p.replicas.items() for w, t in held
                if w == worker and t == tier)
 
 
@@ -55,9 +55,14 @@ def test_random_cases_never_exceed_budgets() -> None:
                 continue
             for tier in (Tier.HOT, Tier.HOST, Tier.DISK):
                 assert used(p, costs, w.name, tier) <= w.budget(tier)
-        # each model placed at most once, and only on live workers
+        # each copy on a live worker, at most one copy of a model per worker, and only HOT
+        # models have more than one copy
         assert all(any(w.name == wn and w.alive for w in workers)
-                   for wn, _ in p.placement.values())
+                   for held in p.replicas.values() for wn, _ in held)
+        for m, held in p.replicas.items():
+            assert len({wn for wn, _ in held}) == len(held)
+            assert len(held) == 1 or all(t == Tier.HOT for _, t in held)
+            assert p.placement[m] == held[0]
 
 
 def _setup() -> tuple[dict[str, ModelCosts], list[ModelDemand], list[WorkerState]]:
@@ -229,3 +234,56 @@ def test_random_plans_fit_the_workers_own_budget_rule() -> None:
         for w in workers:
             if w.alive:
                 carry_out(w, p.actions[w.name], costs)
+
+
+# --- replicas -------------------------------------------------------------------------------
+
+
+def _three_workers(device_mib: int = 300) -> list[WorkerState]:
+    return [WorkerState(f"w{j}", device_mib * MiB, device_mib * MiB, 10**12) for j in range(3)]
+
+
+def test_an_eager_model_gets_two_hot_copies_in_prod() -> None:
+    costs = {"e": ModelCosts("e", 100 * MiB), "a": ModelCosts("a", 100 * MiB)}
+    demands = [ModelDemand("e", Tier.REMOTE, 0.0, eager=True), ModelDemand("a", Tier.HOT, 0.5)]
+    p = plan(demands, _three_workers(), costs, PlanConfig(profile="prod"))
+    assert len(p.replicas["e"]) == 2 and {t for _, t in p.replicas["e"]} == {Tier.HOT}
+    assert len({w for w, _ in p.replicas["e"]}) == 2
+    assert len(p.replicas["a"]) == 1  # not eager, no load: one copy
+    assert sum(a.model == "e" and a.kind == "prewarm" for acts in p.actions.values() for a in acts) == 2
+    # One live worker: one copy.
+    one = plan(demands, _three_workers()[:1], costs, PlanConfig(profile="prod"))
+    assert len(one.replicas["e"]) == 1
+
+
+def test_measured_load_beyond_one_worker_asks_for_more_copies() -> None:
+    costs = {"busy": ModelCosts("busy", 100 * MiB)}
+    workers = [WorkerState(f"w{j}", 300 * MiB, 300 * MiB, 10**12) for j in range(5)]
+    for load, copies in ((0.5, 1), (1.0, 1), (1.2, 2), (2.5, 3), (50.0, 5)):
+        p = plan([ModelDemand("busy", Tier.HOT, 1.0, load=load)], workers, costs)
+        assert len(p.replicas["busy"]) == copies, load
+
+
+def test_a_dead_workers_replica_is_replaced_and_the_other_keeps_serving() -> None:
+    costs = {"e": ModelCosts("e", 100 * MiB)}
+    workers = [WorkerState("w0", 300 * MiB, 300 * MiB, 10**12, {"e": Tier.HOT}, alive=False),
+               WorkerState("w1", 300 * MiB, 300 * MiB, 10**12, {"e": Tier.HOT}),
+               WorkerState("w2", 300 * MiB, 300 * MiB, 10**12)]
+    p = plan([ModelDemand("e", Tier.REMOTE, 0.0, eager=True)], workers, costs, PlanConfig(profile="prod"))
+    assert sorted(p.replicas["e"]) == [("w1", Tier.HOT), ("w2", Tier.HOT)]
+    assert Action("keep", "e", Tier.HOT) in p.actions["w1"]
+    assert Action("prewarm", "e", Tier.HOT) in p.actions["w2"]
+    assert p.keep_warm_on == {"e": ["w1"]}
+
+
+def test_a_replica_never_takes_the_room_of_another_models_only_copy() -> None:
+    costs = {"e": ModelCosts("e", 100 * MiB), "a": ModelCosts("a", 100 * MiB), "b": ModelCosts("b", 100 * MiB)}
+    workers = [WorkerState(f"w{j}", 100 * MiB, 100 * MiB, 10**12) for j in range(2)]
+    demands = [ModelDemand("a", Tier.HOT, 0.9, load=5.0), ModelDemand("b", Tier.HOT, 0.5)]
+    p = plan(demands, workers, costs)
+    assert p.placement["a"][1] == Tier.HOT and p.placement["b"][1] == Tier.HOT
+    assert len(p.replicas["a"]) == 1 and p.short_replicas == ["a"]
+    # An eager model's second copy does come before a lazy model's first (eager first).
+    eager = [ModelDemand("e", Tier.REMOTE, 0.0, eager=True), ModelDemand("b", Tier.HOT, 0.5)]
+    q = plan(eager, workers, costs, PlanConfig(profile="prod"))
+    assert len(q.replicas["e"]) == 2 and q.placement["b"][1] != Tier.HOT

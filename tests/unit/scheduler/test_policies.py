@@ -168,3 +168,43 @@ def test_warmstart_rebuilds_a_plan_stored_without_probabilities() -> None:
         "mode": "hazard", "hot": [[1, 40, 1.0]], "host": [], "support_min": 40,
         "host_threshold": 0.001, "predicted_idle_min": 20.0}})
     assert policy.decide(ModelContext("m"), old, 204) == fresh
+
+
+def test_warmstart_fast_step_decides_exactly_as_the_full_plan() -> None:
+    """WarmstartPolicy.step skips the plan after busy minutes; every decision (tier,
+    probability, predicted minute) must equal the generic step's, which always replans."""
+    import numpy as np
+
+    from warmstart.scheduler.policies.base import Policy
+    from warmstart.scheduler.policies.warmstart import WarmstartPolicy, hazard_at_1, idle_hazard
+
+    rng = np.random.default_rng(3)
+    for case in range(30):
+        policy = WarmstartPolicy(float(rng.choice([5.0, 40.0, 240.0])))
+        ctx = ModelContext("m", None, int(rng.integers(1, 500)) * 2**20, 200 * 2**20)
+        rate = float(rng.choice([0.02, 0.3, 0.9, 3.0]))
+        counts = rng.poisson(rate, 600) * (rng.random(600) < rng.random())
+        fast = slow = TrafficState()
+        for minute, n in enumerate(counts.tolist()):
+            d_fast, fast = policy.step(ctx, fast, minute, n)
+            d_slow, slow = Policy.step(policy, ctx, slow, minute, n)
+            assert d_fast == d_slow, (case, minute)
+        assert hazard_at_1(slow.idle_hist, slow.idle_oob) == idle_hazard(slow.idle_hist, slow.idle_oob)[1]
+
+
+def test_plus_host_parks_what_the_inner_policy_unloads_within_the_histogram_range() -> None:
+    plain, parked = make_policy("fixed-10"), make_policy("fixed-10+host")
+    assert parked.name == "fixed-10+host"
+    ctx = ModelContext("m")
+    state = TrafficState()
+    a, state_a = plain.step(ctx, state, 0, 1)
+    b, state_b = parked.step(ctx, state, 0, 1)
+    assert a == b and a.tier == Tier.HOT and state_a == state_b  # HOT decisions untouched
+    # The decision at minute t is for t + 1: idle 240 minutes is the last one parked.
+    for minute, want in ((10, Tier.HOST), (239, Tier.HOST), (240, Tier.DISK), (500, Tier.DISK)):
+        assert plain.decide(ctx, state_a, minute).tier == Tier.DISK or minute < 10
+        assert parked.decide(ctx, state_b, minute).tier == want, minute
+    never = parked.decide(ctx, TrafficState(), 5)
+    assert never.tier == Tier.DISK  # never seen: nothing to park
+    with pytest.raises(SchedulerError):
+        make_policy("hybrid+host+host")

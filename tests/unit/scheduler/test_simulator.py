@@ -52,7 +52,7 @@ def test_cold_seconds_from_remote_then_disk_and_budget_evictions() -> None:
 
 def test_all_default_policies_and_errors() -> None:
     r = simulate(tiny())
-    assert set(r["policies"]) == {"fixed-10", "hybrid", "warmstart"}
+    assert set(r["policies"]) == {"fixed-10", "hybrid", "hybrid+host", "warmstart"}
     for m in r["policies"].values():
         assert 0 <= m["overall_cold_pct"] <= 100 and m["waste_pct"] >= 0
     with pytest.raises(SchedulerError, match="unknown policy"):
@@ -138,3 +138,28 @@ def test_budget_agrees_with_the_planner_on_one_worker() -> None:
         placed = plan(demands, [worker], {c.model: c for c in costs}).placement
         assert out[:, 0].tolist() == [
             {Tier.HOT: 0, Tier.HOST: 1, Tier.DISK: 2}[placed[c.model][1]] for c in costs]
+
+
+def test_memory_cost_counts_every_minute_held_at_the_settings_prices() -> None:
+    from warmstart.scheduler.costs import GiB, Prices
+
+    trace = tiny()
+    a, b = trace.memory_bytes().tolist()
+    r = simulate(trace, ["fixed-10"], prices=Prices(gpu_gb_hour=3.0, host_gb_hour=0.5))
+    m = r["policies"]["fixed-10"]
+    # fixed-10 holds a HOT in minutes 1..15 and 21..29 (24), b in 11..20 (10); nothing at HOST.
+    assert m["hot_cost_usd"] == pytest.approx((24 * a + 10 * b) / GiB * 3.0 / 60)
+    assert m["host_cost_usd"] == 0 and m["memory_cost_usd"] == pytest.approx(m["hot_cost_usd"])
+
+
+def test_hybrid_plus_host_is_hybrid_with_its_unloaded_models_at_host() -> None:
+    r = simulate(tiny(), ["hybrid", "hybrid+host"], budget_bytes=60 * 2**20)
+    plain, parked = r["policies"]["hybrid"], r["policies"]["hybrid+host"]
+    # The same HOT decisions: the same cold starts and HOT waste ...
+    assert parked["overall_cold_pct"] == plain["overall_cold_pct"]
+    assert parked["waste_mb_min"] == plain["waste_mb_min"]
+    # ... and what it unloads is held at HOST, reported and paid for separately.
+    assert plain["host_waste_pct"] == 0 and parked["host_waste_pct"] > 0
+    assert parked["host_cost_usd"] > 0 == plain["host_cost_usd"]
+    # Under the budget, evicted models fall to HOST instead of DISK: fewer cold seconds.
+    assert parked["cold_seconds"] <= plain["cold_seconds"]
