@@ -26,13 +26,25 @@ def bench() -> None:
               help="torch intra-op threads in every probe (default: torch's, one per core).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the result as JSON to this file.")
+@click.option("--hf-dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Instead: this Hugging Face folder, warmstart vs from_pretrained vs torch.load + init.")
 def restore(
     size_mb: float, repeats: int, steady_runs: int, workdir: Path | None, threads: int | None,
-    json_path: Path | None,
+    json_path: Path | None, hf_dir: Path | None,
 ) -> None:
     """Restore latency: warmstart vs torch.load, safetensors and tensorizer, each in a fresh
-    process, page-cached and from a cold file."""
+    process, page-cached and from a cold file (or, with --hf-dir, a Hugging Face folder)."""
     from warmstart.bench.report import print_tables, write_json
+
+    if hf_dir is not None:
+        from warmstart.bench.restore_hf import restore_hf_tables, run_restore_hf_benchmark
+
+        hf_result = run_restore_hf_benchmark(hf_dir, repeats, progress=lambda line: click.echo(line, err=True))
+        print_tables(restore_hf_tables(hf_result))
+        if json_path is not None:
+            write_json(json_path, hf_result)
+            click.echo(f"wrote {json_path}", err=True)
+        return
     from warmstart.bench.restore import RestoreBenchConfig, restore_tables, run_restore_benchmark
 
     config = RestoreBenchConfig(
@@ -73,6 +85,74 @@ def serve(
     )  # fmt: skip
     result = run_serve_benchmark(config, progress=lambda line: click.echo(line, err=True))
     print_tables(serve_tables(result))
+    if json_path is not None:
+        write_json(json_path, result)
+        click.echo(f"wrote {json_path}", err=True)
+
+
+@bench.command("batch")
+@click.option("--clients", type=click.IntRange(min=1, max=64), default=32, show_default=True,
+              help="Concurrent clients, each sending requests back to back.")
+@click.option("--requests", type=click.IntRange(min=1), default=640, show_default=True,
+              help="Timed requests per path (batching off, on, and bare echo).")
+@click.option("--max-wait-ms", type=click.FloatRange(min=0, max=1000), default=5.0, show_default=True,
+              help="The batched model's max_wait_ms.")
+@click.option("--seq", type=click.IntRange(min=1, max=512), default=32, show_default=True,
+              help="Tokens per request.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the result as JSON to this file.")
+def batch_bench(clients: int, requests: int, max_wait_ms: float, seq: int, json_path: Path | None) -> None:
+    """Dynamic batching: a MiniLM-size encoder with batching off and on, and a bare Celery
+    echo, from concurrent clients. Starts its own redis-server and worker."""
+    from warmstart.bench.batch import BatchBenchConfig, batch_tables, run_batch_benchmark
+    from warmstart.bench.report import print_tables, write_json
+
+    config = BatchBenchConfig(clients=clients, requests=requests, seq=seq, max_batch=clients, max_wait_ms=max_wait_ms)
+    result = run_batch_benchmark(config, progress=lambda line: click.echo(line, err=True))
+    print_tables(batch_tables(result))
+    if json_path is not None:
+        write_json(json_path, result)
+        click.echo(f"wrote {json_path}", err=True)
+
+
+@bench.command("plan")
+@click.option("--models", type=click.IntRange(min=1), default=10_000, show_default=True, help="Models in the fleet.")
+@click.option("--workers", type=click.IntRange(min=1), default=100, show_default=True, help="Live workers.")
+@click.option("--history-min", type=click.IntRange(min=1), default=60, show_default=True,
+              help="Minutes of traffic fed to the policies before the timed tick.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the result as JSON to this file.")
+def plan_bench(models: int, workers: int, history_min: int, json_path: Path | None) -> None:
+    """One beat tick at scale (policy steps for one minute of every model, then plan()),
+    for warmstart and the reference policies. No Redis: the pure part of the tick."""
+    from warmstart.bench.plan import PlanBenchConfig, plan_tables, run_plan_benchmark
+    from warmstart.bench.report import print_tables, write_json
+
+    result = run_plan_benchmark(PlanBenchConfig(models=models, workers=workers, history_min=history_min),
+                                progress=lambda line: click.echo(line, err=True))
+    print_tables(plan_tables(result))
+    if json_path is not None:
+        write_json(json_path, result)
+        click.echo(f"wrote {json_path}", err=True)
+
+
+@bench.command("replay")
+@click.argument("trace_dir", type=click.Path(exists=True, path_type=Path))
+@click.option("--functions", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="Functions (models) after tiling the trace.")
+@click.option("--minutes", type=click.IntRange(min=2), default=1440, show_default=True,
+              help="Minutes after tiling the trace.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the result as JSON to this file.")
+def replay_bench(trace_dir: Path, functions: int, minutes: int, json_path: Path | None) -> None:
+    """Simulator speed: replay a trace tiled to FUNCTIONS × MINUTES under warmstart and the
+    reference policies."""
+    from warmstart.bench.replay import ReplayBenchConfig, replay_tables, run_replay_benchmark
+    from warmstart.bench.report import print_tables, write_json
+
+    result = run_replay_benchmark(ReplayBenchConfig(trace_dir, functions, minutes),
+                                  progress=lambda line: click.echo(line, err=True))
+    print_tables(replay_tables(result))
     if json_path is not None:
         write_json(json_path, result)
         click.echo(f"wrote {json_path}", err=True)

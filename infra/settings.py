@@ -73,6 +73,10 @@ class Settings(BaseSettings):
     health_timeout_s: float = Field(30.0, gt=0)
     inference_timeout_s: float = Field(60.0, gt=0)
     worker_concurrency: int = Field(4, ge=1, le=64)
+    # Dynamic batching: override every manifest's max_batch when > 0 (1 turns batching off),
+    # and its max_wait_ms when set.
+    max_batch: int = Field(0, ge=0, le=4096)
+    max_wait_ms: float | None = Field(None, ge=0, le=1000)
     # An unacknowledged inference is handed to another worker after this long: it bounds how
     # late a request whose worker was killed is answered, and must exceed the slowest inference.
     visibility_timeout_s: float = Field(300.0, gt=0)
@@ -116,6 +120,15 @@ class Settings(BaseSettings):
     # The floor and ceiling of desired_workers (the beat's scaling signal).
     scale_min_workers: int = Field(1, ge=0)
     scale_max_workers: int = Field(10, ge=1)
+    # Whether the beat empties the workers its signal would remove (places nothing on them,
+    # so a scaler can stop them without a cold start). Off by default: a fixed fleet, or one
+    # whose scaler removes workers through a draining preStop (Kubernetes), keeps every worker
+    # in use. `warmstart autoscale` needs it on in the beat it follows.
+    scale_drain: bool = False
+    # Seconds a new worker takes to start before warming models (the lead time adds the
+    # measured seconds to get the models HOT), and how busy the signal plans workers to be.
+    scale_worker_start_s: float = Field(20.0, ge=0)
+    scale_target_utilization: float = Field(0.7, gt=0, le=1)
 
     _split_lists = field_validator("allowed_architectures", "eager_models", mode="before")(
         _split_csv

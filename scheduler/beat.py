@@ -16,6 +16,11 @@ One tick:
 6. send ``prewarm`` / ``demote`` to the workers concerned (not again while one is in
    flight), keep-warm pings for models that stay HOT, and a health-check fan-out.
 
+Beside the ticks, :meth:`BeatScheduler.run` runs a
+:class:`~warmstart.scheduler.queue_watch.QueueWatcher`: every request pushed onto an
+``infer.*`` queue, from any client, is recorded as an arrival, wakes a worker when none
+serves its model, or is answered with ``UnknownModelError`` when nobody published it.
+
 Why not Celery's own beat: its entries only enqueue tasks for workers to run, whereas the
 planner must run in one place, against one consistent reading of the cluster, under a lease.
 """
@@ -50,10 +55,13 @@ from warmstart.scheduler.catalog import Catalog
 from warmstart.scheduler.costs import ModelCosts, default_to_hot_s
 from warmstart.scheduler.holds import first_gap_hold, needs_hold, warmer
 from warmstart.scheduler.lease import Lease
+from warmstart.scheduler.observe import BeatMetrics, BeatProbes
+from warmstart.scheduler.scale_signal import ScaleSignal
 from warmstart.scheduler.planner import ModelDemand, Plan, PlanConfig, WorkerState, plan
 from warmstart.scheduler.policies import ModelContext, TrafficState, make_policy
 from warmstart.infra.tiers import Tier, policy_tier
 from warmstart.scheduler.policies.base import Decision
+from warmstart.scheduler.queue_watch import QueueWatcher
 from warmstart.scheduler.traffic import TrafficRecorder
 from warmstart.snapshot.stores import open_store
 from warmstart.workers.registry import WorkerRegistry
@@ -104,6 +112,8 @@ class ClusterView:
     sizes: dict[str, int] = field(default_factory=dict)
     #: Model -> when it became HOT by a lazy (request) warm-up on a live worker (the latest).
     warmed_at: dict[str, float] = field(default_factory=dict)
+    #: Model -> seconds one request takes once warm (the slowest a worker reports).
+    service_s: dict[str, float] = field(default_factory=dict)
 
 
 class BeatScheduler:
@@ -125,15 +135,31 @@ class BeatScheduler:
         self._last_keep_warm = -1e9
         self._last_health = -1e9
         self._stop = threading.Event()
+        self.probes = BeatProbes(settings, BeatMetrics(self.id))  # metrics and probes (observe.py)
+        self.scale = ScaleSignal(settings, self.client, self.traffic, self.probes.metrics.desired_workers)
+        self._leader_until = 0.0
+        #: Sees every request on the ``infer.*`` queues (started by :meth:`run`).
+        self.watcher = QueueWatcher(
+            self.client, self.app, self.registry, self.traffic, self.store,
+            claim_s=settings.prewarm_claim_s, poll_s=settings.queue_poll_s, is_leader=self.is_leader,
+        )  # fmt: skip
 
     # --- leadership -----------------------------------------------------------------------
 
     def acquire_lease(self) -> bool:
         """True while this beat is the one that acts (lease renewed on every tick)."""
-        return self.lease.acquire(int(max(3 * self.settings.plan_interval_s, 5.0) * 1000))
+        ttl_s = max(3 * self.settings.plan_interval_s, 5.0)
+        held = self.lease.acquire(int(ttl_s * 1000))
+        self._leader_until = time.monotonic() + ttl_s if held else 0.0
+        return held
+
+    def is_leader(self) -> bool:
+        """True while the lease this beat took at its last tick has not expired."""
+        return time.monotonic() < self._leader_until
 
     def release_lease(self) -> None:
         """Give the lease up, if this beat still holds it (compare and delete)."""
+        self._leader_until = 0.0
         self.lease.release()
 
     # --- inputs ---------------------------------------------------------------------------
@@ -180,6 +206,9 @@ class BeatScheduler:
             for model, state in self.registry.models_of(name).items():
                 if int(state.get("size_bytes") or 0) > 0:
                     view.sizes.setdefault(model, int(state["size_bytes"]))
+                settled = state.get("settled_latency_ms")
+                if isinstance(settled, (int, float)) and settled > 0:
+                    view.service_s[model] = max(view.service_s.get(model, 0.0), float(settled) / 1000)
                 if name in alive and _request_warmed(state):
                     view.warmed_at[model] = max(float(state["hot_at"]), view.warmed_at.get(model, 0.0))
                 try:
@@ -200,7 +229,7 @@ class BeatScheduler:
                     disk_budget_bytes=int(budgets.get("cache_bytes", 0)),
                     tiers=tiers,  # type: ignore[arg-type]
                     placed_at_min=placed,
-                    alive=name in alive,
+                    alive=name in alive and name not in self.scale.leaving,  # draining: models go elsewhere
                 )
             )
         return view
@@ -215,6 +244,7 @@ class BeatScheduler:
         now_min = self.traffic.minute_of(now_s)
         report = TickReport(leader=True, now_min=now_min)
         catalog = dict(self.catalog())
+        self.scale.refresh_leaving()
         view = self.worker_states(now_min)
         workers, dead, alive = view.workers, view.dead, view.alive
         report.dead_workers = dead
@@ -224,6 +254,7 @@ class BeatScheduler:
             report.store_outage = self.catalog_reader.outage or "the store was never read"
             for model, size in view.sizes.items():
                 catalog.setdefault(model, size)
+        self.watcher.set_catalog(catalog, current=self.catalog_reader.current)
         reference = int(sum(catalog.values()) / len(catalog)) if catalog else None
         demands: list[ModelDemand] = []
         costs: dict[str, ModelCosts] = {}
@@ -236,7 +267,8 @@ class BeatScheduler:
             report.decisions[model] = {}
             if model in view.warmed_at:
                 decision = self._request_hold(decision, state, context, view.warmed_at[model], now_min, report)
-            demands.append(ModelDemand(model, decision.tier, decision.arrival_prob, eager=model in eager))
+            load = _load(state, now_min, self.settings.traffic_minute_s, view.service_s.get(model, 0.0))
+            demands.append(ModelDemand(model, decision.tier, decision.arrival_prob, eager=model in eager, load=load))
             report.decisions[model].update(tier=decision.tier.name, arrival_prob=round(decision.arrival_prob, 4))
         result = plan(demands, workers, costs, PlanConfig(profile=self.settings.profile, now_min=now_min))
         self._rescue_stranded(catalog, report)
@@ -247,6 +279,7 @@ class BeatScheduler:
             self.registry.forget_worker(name)
         self._forget(set(dead), now_s)
         self._fan_out(result, alive, report)
+        self.scale.update(view, catalog, demands, costs, now_min)  # desired_workers (scale_signal.py)
         return report
 
     def _request_hold(self, decision: Decision, state: TrafficState, context: ModelContext,
@@ -305,10 +338,10 @@ class BeatScheduler:
         if now - self._last_keep_warm >= self.settings.keep_warm_interval_s:
             self._last_keep_warm = now
             for model in result.keep_warm:
-                worker = result.placement.get(model, (None,))[0]
-                if worker in alive:
-                    self.app.send_task(TASK_KEEP_WARM, kwargs={"model": model}, queue=control_queue(worker))
-                    report.sent.append({"task": TASK_KEEP_WARM, "worker": worker, "model": model})
+                for worker in result.keep_warm_on.get(model, []):
+                    if worker in alive:
+                        self.app.send_task(TASK_KEEP_WARM, kwargs={"model": model}, queue=control_queue(worker))
+                        report.sent.append({"task": TASK_KEEP_WARM, "worker": worker, "model": model})
         if now - self._last_health >= self.settings.health_interval_s:
             self._last_health = now
             for worker in alive:
@@ -320,18 +353,26 @@ class BeatScheduler:
     def run(self, max_ticks: int | None = None) -> None:
         """Tick every ``plan_interval_s`` until :meth:`stop` (or ``max_ticks``)."""
         ticks = 0
+        watching = False
         try:
             while not self._stop.is_set() and (max_ticks is None or ticks < max_ticks):
                 started = time.monotonic()
+                report = None
                 try:
                     report = self.tick()
+                    if not watching:
+                        self.watcher.start()  # after the first tick: it needs the catalog
+                        watching = True
                     if report.leader and report.sent:
                         log.info("tick %d: sent %s", report.now_min, report.sent)
                 except WarmstartError as e:  # Redis or the store down: try again next tick
                     log.error("beat tick failed: %s", e)
+                self.probes.ticked(time.monotonic() - started, report is not None, report.leader if report else None)
                 ticks += 1
                 self._stop.wait(max(0.0, self.settings.plan_interval_s - (time.monotonic() - started)))
         finally:
+            if watching:
+                self.watcher.stop()
             try:
                 self.release_lease()
             except WarmstartError:
@@ -339,6 +380,13 @@ class BeatScheduler:
 
     def stop(self) -> None:
         self._stop.set()
+
+
+def _load(state: TrafficState, now_min: int, minute_s: float, service_s: float) -> float:
+    """Busy seconds per second a model asks of its workers: arrivals per second in the last
+    completed minute × the seconds one request takes (0 until both are known)."""
+    last = sum(count for minute, count in state.recent_arrivals if minute == now_min - 1)
+    return last / minute_s * service_s if minute_s > 0 else 0.0
 
 
 def _request_warmed(state: dict[str, Any]) -> bool:

@@ -24,9 +24,10 @@ from warmstart.infra.errors import StateUnavailableError, WarmstartError, Worker
 from warmstart.infra.redis_client import connect
 from warmstart.infra.settings import Settings
 from warmstart.snapshot.cache import SnapshotCache
-from warmstart.snapshot.process import prepare_process, resolve_device
+from warmstart.snapshot.process import prepare_architectures, prepare_process, resolve_device
 from warmstart.snapshot.stores import open_store
-from warmstart.workers.pool import ModelPool
+from warmstart.workers.metrics import MeteredPool, WorkerMetrics
+from warmstart.workers.probes import WorkerProbes, serve_probes
 from warmstart.workers.registry import WorkerRegistry
 
 log = logging.getLogger(__name__)
@@ -100,7 +101,8 @@ class WorkerRuntime:
         self.started_at = time.time()
         self.device = resolve_device(settings.device)
         self.registry = WorkerRegistry(connect(settings.redis_url))
-        self.pool = ModelPool(
+        self.metrics = WorkerMetrics(self.name)
+        self.pool = MeteredPool(
             settings,
             self.name,
             open_store(settings),
@@ -113,7 +115,10 @@ class WorkerRuntime:
             self.registry,
             CeleryGate(app, nodename, control_queue(self.name)),
             self.device,
+            metrics=self.metrics,
         )
+        self.probes = WorkerProbes(settings, self.pool, self.eager_models)
+        self._probe_server: Any = None
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
@@ -138,6 +143,7 @@ class WorkerRuntime:
         }
 
     def start_background(self) -> None:
+        self._probe_server = serve_probes(self.settings, self.metrics, self.probes, log)
         self._loop("heartbeat", self.settings.heartbeat_interval_s, self._beat, run_first=True)
         self._loop("health", self.settings.health_interval_s, self.pool.health_tick)
         if self.settings.verify_interval_s > 0:
@@ -152,8 +158,13 @@ class WorkerRuntime:
         # The registry answers True when it had lost this worker (Redis restarted empty, or
         # the heartbeat expired): publish every model again, so the hot sets are whole again
         # within one heartbeat.
-        if self.registry.heartbeat(self.name, self.heartbeat_info(), self.settings.heartbeat_ttl_s):
-            self.pool.republish()
+        ok = False
+        try:
+            if self.registry.heartbeat(self.name, self.heartbeat_info(), self.settings.heartbeat_ttl_s):
+                self.pool.republish()
+            ok = True
+        finally:
+            self.probes.beat_done(ok)  # liveness and readiness (workers/probes.py)
 
     def _verify_cache(self) -> None:
         self.pool.verify_cached(self.settings.verify_bytes_per_interval)
@@ -169,14 +180,17 @@ class WorkerRuntime:
                 log.error("eager model %s could not be warmed: %s: %s", model, type(e).__name__, e)
 
     def _loop(self, name: str, interval_s: float, body: Any, run_first: bool = False) -> None:
+        def once() -> None:
+            try:
+                body()
+            except Exception:  # a loop that dies silently would stop heartbeats or checks
+                log.exception("warmstart %s loop failed; continuing", name)
+
         def run() -> None:
             if run_first:
-                body()
+                once()
             while not self._stop.wait(interval_s):
-                try:
-                    body()
-                except Exception:  # a loop that dies silently would stop heartbeats or checks
-                    log.exception("warmstart %s loop failed; continuing", name)
+                once()
 
         thread = threading.Thread(target=run, name=f"warmstart-{name}", daemon=True)
         thread.start()
@@ -184,6 +198,8 @@ class WorkerRuntime:
 
     def stop(self) -> None:
         self._stop.set()
+        if self._probe_server is not None:
+            self._probe_server.stop()
         try:
             self.registry.forget_worker(self.name)
         except WarmstartError:
@@ -232,6 +248,8 @@ def _after_setup(sender: str, instance: Any, **_: Any) -> None:
 
         torch.set_num_threads(settings.torch_threads)
     prepare_process(settings.device)
+    # Import and build every registered architecture once, so no request pays an import.
+    prepare_architectures(settings.allowed_architectures)
 
 
 @worker_ready.connect

@@ -22,22 +22,29 @@ def beat(ctx: click.Context, ticks: int | None, loglevel: str) -> None:
     from warmstart.scheduler.beat import BeatScheduler
 
     logging.basicConfig(level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from warmstart.scheduler.observe import serve_beat_probes
+
     scheduler = BeatScheduler(settings_from(ctx))
+    probes = serve_beat_probes(scheduler.settings, scheduler.probes)  # a port in use: ServiceError, exit 2
     signal.signal(signal.SIGTERM, lambda *_: scheduler.stop())
     try:
         scheduler.run(max_ticks=ticks)
     except KeyboardInterrupt:
         scheduler.stop()
+    finally:
+        if probes is not None:
+            probes.stop()
 
 
 @click.command()
 @click.argument("trace_dir", type=click.Path(exists=True, path_type=Path))
-@click.option("--policy", "policies", multiple=True, help="Policies to compare (default: fixed-10, hybrid, warmstart).")
+@click.option("--policy", "policies", multiple=True, help="Policies to compare (default: fixed-10, hybrid, hybrid+host, warmstart).")
 @click.option("--budget-bytes", type=int, default=None, help="Memory budget for cold_seconds (default: half the models' total).")
 @click.option("--sweep/--no-sweep", default=False, help="Also run fixed-N and warmstart-B curves (slower).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the result as JSON.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), help="Draw the cold-start vs waste plane (PNG).")
-def simulate(trace_dir: Path, policies: tuple[str, ...], budget_bytes: int | None, sweep: bool,
+@click.pass_context
+def simulate(ctx: click.Context, trace_dir: Path, policies: tuple[str, ...], budget_bytes: int | None, sweep: bool,
              json_path: Path | None, plot_path: Path | None) -> None:
     """Replay an Azure Functions trace through the scheduler's policies and compare them."""
     from warmstart.scheduler.report import print_simulation
@@ -46,7 +53,13 @@ def simulate(trace_dir: Path, policies: tuple[str, ...], budget_bytes: int | Non
 
     from rich.console import Console
 
-    result = run(load_trace(trace_dir), list(policies) or None, budget_bytes, sweep=sweep)
+    from warmstart.scheduler.costs import Prices
+
+    from warmstart.cli import settings_from
+
+    settings = settings_from(ctx)
+    prices = Prices(gpu_gb_hour=settings.gpu_gb_hour_price, host_gb_hour=settings.host_gb_hour_price)
+    result = run(load_trace(trace_dir), list(policies) or None, budget_bytes, sweep=sweep, prices=prices)
     print_simulation(result, Console(width=max(Console().width, 120)))
     if json_path:
         json_path.write_text(json.dumps(result, indent=2))

@@ -44,6 +44,7 @@ def worker(ctx: click.Context, name: str | None, concurrency: int | None, loglev
                 "--concurrency", str(concurrency or settings.worker_concurrency),
                 "--hostname", f"{name}@%h", "--loglevel", loglevel,
                 "--without-gossip", "--without-mingle", "--without-heartbeat",
+                *(["--task-events"] if settings.celery_task_events else []),  # for the Celery exporter
             ]
         )  # fmt: skip
     except SystemExit as e:

@@ -1,0 +1,172 @@
+"""The beat's side of the scaling signal: read the inputs, call :mod:`warmstart.scheduler.scaling`,
+publish ``desired_workers`` (a Redis key and the ``warmstart_desired_workers`` gauge).
+
+Keys (under ``ws:``)::
+
+    scale:desired:<pool>   STRING JSON {"workers", "compute_workers", "memory_workers",
+                                        "lead_min", "held", "draining", "at"}
+    scale:draining         SET    workers the signal chose to remove (the planner places their
+                                  models elsewhere; the local scaler stops them)
+    scale:leaving          SET    workers that asked to leave (`warmstart drain`, a preStop)
+
+A Redis that refuses these keys is logged and the last good decision stands (the gauge keeps
+its value); the tick goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import redis
+
+from warmstart.infra.errors import WarmstartError
+from warmstart.infra.redis_client import key, redis_errors
+from warmstart.infra.settings import Settings
+from warmstart.infra.tiers import Tier
+from warmstart.scheduler.scaling import DAY_MIN, ModelLoad, ScaleConfig, ScaleDecision, desired_workers, forecast, step_down
+
+log = logging.getLogger(__name__)
+
+POOL = "default"
+HISTORY_DAYS = 3
+RECENT_MIN = 3
+
+
+def desired_key(pool: str = POOL) -> str:
+    return key("scale", "desired", pool)
+
+
+DRAINING = key("scale", "draining")
+LEAVING = key("scale", "leaving")
+
+
+def read_desired(client: "redis.Redis[str]", pool: str = POOL) -> dict[str, Any] | None:
+    """The last published signal (None before the first)."""
+    with redis_errors(client, "reading desired_workers"):
+        raw = client.get(desired_key(pool))
+    return json.loads(raw) if raw else None
+
+
+def leaving_workers(client: "redis.Redis[str]") -> tuple[set[str], set[str]]:
+    """``(chosen to drain by the signal, asked to leave)``: the planner places on neither."""
+    with redis_errors(client, "reading the draining workers"):
+        pipe = client.pipeline()
+        pipe.smembers(DRAINING)
+        pipe.smembers(LEAVING)
+        chosen, asked = pipe.execute()
+    return set(chosen), set(asked)
+
+
+class ScaleSignal:
+    """Computes and publishes ``desired_workers`` once per acting tick."""
+
+    def __init__(self, settings: Settings, client: "redis.Redis[str]", traffic: Any, gauge: Any) -> None:
+        self.settings = settings
+        self.client = client
+        self.traffic = traffic
+        self.gauge = gauge
+        self.last: ScaleDecision | None = None
+        self.leaving: set[str] = set()  # chosen or asked: the planner places on none of them
+        self.asked: set[str] = set()  # asked to leave (`warmstart drain`): removed first
+        self.lead_min = 0
+
+    def refresh_leaving(self) -> set[str]:
+        """Read the workers to keep models off (kept as they were when Redis fails)."""
+        try:
+            chosen, self.asked = leaving_workers(self.client)
+            self.leaving = (chosen if self.settings.scale_drain else set()) | self.asked
+        except WarmstartError as e:
+            log.warning("could not read the draining workers (%s); using the last read", e)
+        return self.leaving
+
+    def update(self, view: Any, catalog: Mapping[str, int], demands: Sequence[Any], costs: Mapping[str, Any], now_min: int) -> ScaleDecision | None:
+        """One tick's decision, published; None (and the last decision kept) when it fails."""
+        try:
+            decision = self._decide(view, catalog, demands, costs, now_min)
+            self._publish(decision, view)
+        except WarmstartError as e:
+            log.error("desired_workers not updated (the last decision stands): %s", e)
+            return None
+        self.last = decision
+        self.gauge.labels(POOL).set(decision.workers)
+        return decision
+
+    def _decide(self, view: Any, catalog: Mapping[str, int], demands: Sequence[Any], costs: Mapping[str, Any], now_min: int) -> ScaleDecision:
+        minute_s = self.settings.traffic_minute_s
+        eager = self.settings.profile == "prod"
+        hot = {d.model for d in demands if d.tier == Tier.HOT or (eager and d.eager)}
+        to_hot_s = max((costs[m].to_hot_s.get("REMOTE", 0.0) for m in hot if m in costs), default=0.0)
+        lead_min = max(1, math.ceil((self.settings.scale_worker_start_s + to_hot_s) / minute_s))
+        window = lead_min + 1
+        loads = []
+        for model, size in catalog.items():
+            recent = self.traffic.minute_counts(model, now_min - RECENT_MIN, now_min)
+            history: dict[int, int] = {}
+            for day in range(1, HISTORY_DAYS + 1):
+                start = now_min - day * DAY_MIN
+                history.update(self.traffic.minute_counts(model, start, start + window))
+            loads.append(ModelLoad(model, forecast(recent, history, now_min, window, RECENT_MIN, HISTORY_DAYS),
+                                   view.service_s.get(model, 0.0) if hasattr(view, "service_s") else 0.0,
+                                   size, model in hot))  # fmt: skip
+        budgets = [w.device_budget_bytes for w in view.workers if w.alive and w.device_budget_bytes > 0]
+        config = ScaleConfig(
+            self.settings.scale_min_workers, self.settings.scale_max_workers, self.settings.worker_concurrency,
+            min(budgets) if budgets else self.settings.device_budget_bytes, minute_s, lead_min,
+            self.settings.scale_target_utilization,
+        )  # fmt: skip
+        decision = desired_workers(loads, config)
+        live = {w.name: {m for m, t in w.tiers.items() if Tier.parse(t) == Tier.HOT} for w in view.workers if w.name in view.alive}
+        previous = self.last.workers if self.last is not None else None
+        if previous is None:  # a beat that just took over: the published value, else the workers there are
+            stored = read_desired(self.client)
+            previous = int(stored["workers"]) if stored else len(live)
+        self.lead_min = lead_min
+        if not self.settings.scale_drain:
+            # Nobody empties workers ahead of removal here: the signal says how many are
+            # needed, and whoever removes one hands its models over first (preStop drain).
+            return decision
+        return step_down(decision, previous, live, self.asked, self.last.draining if self.last else ())
+
+    def _publish(self, decision: ScaleDecision, view: Any) -> None:
+        record = {
+            "workers": decision.workers, "compute_workers": decision.compute_workers,
+            "memory_workers": decision.memory_workers, "peak_load": round(decision.peak_load, 4),
+            "lead_min": self.lead_min, "held": decision.held, "draining": decision.draining, "at": time.time(),
+        }  # fmt: skip
+        with redis_errors(self.client, "publishing desired_workers"):
+            pipe = self.client.pipeline(transaction=True)
+            pipe.set(desired_key(), json.dumps(record))
+            pipe.delete(DRAINING)
+            if decision.draining:
+                pipe.sadd(DRAINING, *decision.draining)
+            if view.dead:
+                pipe.srem(LEAVING, *view.dead)
+            pipe.execute()
+
+
+def hand_over(client: "redis.Redis[str]", registry: Any, worker: str, timeout_s: float, poll_s: float = 1.0) -> list[str]:
+    """Ask the beat to place ``worker``'s models elsewhere (``scale:leaving``) and wait until
+    each model HOT on it is HOT on another live worker, at most ``timeout_s``.
+
+    Returns:
+        The models not handed over in time (empty: done). With no other live worker there is
+        nobody to hand over to: it returns at once with every HOT model.
+
+    Raises:
+        StateUnavailableError: Redis failed.
+    """
+    with redis_errors(client, "marking the worker as leaving"):
+        client.sadd(LEAVING, worker)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        pending = [m for m, s in registry.models_of(worker).items() if s.get("tier") == "HOT"]
+        pending = [m for m in pending if not [w for w in registry.hot_workers(m) if w != worker]]
+        others = [w for w in registry.workers()[0] if w != worker]
+        if not pending or not others or time.monotonic() >= deadline:
+            return pending
+        time.sleep(poll_s)
