@@ -18,6 +18,16 @@ from warmstart.infra.errors import StateUnavailableError
 KEY_PREFIX = "ws:"
 
 
+#: Delete KEYS[1] only if it holds ARGV[1] (a lease's holder, a claim's token): one atomic step,
+#: so nobody deletes what another took meanwhile.
+COMPARE_AND_DELETE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
 def key(*parts: str) -> str:
     """A namespaced key: ``key("worker", "w1") == "ws:worker:w1"``."""
     return KEY_PREFIX + ":".join(parts)

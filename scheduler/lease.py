@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import redis
 
-from warmstart.infra.redis_client import redis_errors
+from warmstart.infra.redis_client import COMPARE_AND_DELETE, redis_errors
 
 # KEYS: the lease; ARGV: holder id, ttl ms.
 _RENEW = """
@@ -20,13 +20,6 @@ end
 return 0
 """
 
-# KEYS: the lease; ARGV: holder id.
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-"""
 
 
 class Lease:
@@ -37,7 +30,7 @@ class Lease:
         self.name = name
         self.holder = holder
         self._renew = client.register_script(_RENEW)
-        self._release = client.register_script(_RELEASE)
+        self._release = client.register_script(COMPARE_AND_DELETE)
 
     def acquire(self, ttl_ms: int) -> bool:
         """Take the lease, or renew it when this holder has it; True while it is held.

@@ -52,7 +52,7 @@ from warmstart.snapshot.catalog import resolve_version
 from warmstart.snapshot.names import validate_name
 from warmstart.snapshot.stores.base import SnapshotStore
 from warmstart.workers.arrivals import ArrivalRecorder
-from warmstart.workers.registry import WorkerRegistry
+from warmstart.workers.registry import ServedCache, WorkerRegistry
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +135,7 @@ class QueueWatcher:
         self._catalog: set[str] = set()
         self._catalog_current = False
         self._known: dict[str, tuple[bool, float]] = {}
-        self._hot_until: dict[str, float] = {}
+        self._serving = ServedCache(self.registry, HOT_TTL_S)
         self._lengths: dict[str, int] = {}
         self._pending: list[tuple[str, int, float]] = []
         self._stop = threading.Event()
@@ -193,13 +193,7 @@ class QueueWatcher:
                                    queue=PREWARM_QUEUE, task_id=claim)
 
     def _served(self, model: str) -> bool:
-        now = time.monotonic()
-        if self._hot_until.get(model, 0.0) > now:
-            return True
-        if self.registry.hot_workers(model):
-            self._hot_until[model] = now + HOT_TTL_S
-            return True
-        return False
+        return self._serving.served(model)
 
     def refuse(self, model: str) -> int:
         """Answer every request waiting for ``model`` with UnknownModelError; how many."""

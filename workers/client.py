@@ -46,7 +46,7 @@ from warmstart.workers.delivery import RequestTracker
 from warmstart.snapshot.catalog import resolve_version
 from warmstart.snapshot.names import validate_name
 from warmstart.snapshot.stores import open_store
-from warmstart.workers.registry import WorkerRegistry
+from warmstart.workers.registry import ServedCache, WorkerRegistry
 from warmstart.workers.wire import base64_length, decode_outputs, encode_tensor, input_nbytes
 
 log = logging.getLogger(__name__)
@@ -235,7 +235,7 @@ class Client:
         self._store = None
         self._known: dict[str, float] = {}
         self._store_down_until = 0.0
-        self._hot_until: dict[str, float] = {}
+        self._serving = ServedCache(self.registry, HOT_TTL_S)
         self._lock = threading.Lock()
 
     def _check_published(self, model: str) -> None:
@@ -259,13 +259,7 @@ class Client:
         self._known[model] = now + KNOWN_MODEL_TTL_S
 
     def _served(self, model: str) -> bool:
-        now = time.monotonic()
-        if self._hot_until.get(model, 0.0) > now:
-            return True
-        if self.registry.hot_workers(model):
-            self._hot_until[model] = now + HOT_TTL_S
-            return True
-        return False
+        return self._serving.served(model)
 
     def encode_inputs(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
         """Tensors become the wire form; nested lists travel as they are."""

@@ -28,7 +28,7 @@ from typing import Any
 
 import redis
 
-from warmstart.infra.redis_client import key, redis_errors
+from warmstart.infra.redis_client import COMPARE_AND_DELETE, key, redis_errors
 
 # KEYS: workers set, heartbeat; ARGV: worker, payload, ttl ms.
 # 1 when the registry did not know the worker: not in the set (first start, Redis restarted
@@ -52,13 +52,6 @@ redis.call('DEL', KEYS[2], KEYS[3])
 return redis.call('SREM', KEYS[1], ARGV[1])
 """
 
-# KEYS: the claim; ARGV: the token. Compare and delete.
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-"""
 
 
 class WorkerRegistry:
@@ -69,7 +62,7 @@ class WorkerRegistry:
         self.client = client
         self._heartbeat = client.register_script(_HEARTBEAT)
         self._forget = client.register_script(_FORGET)
-        self._release = client.register_script(_RELEASE)
+        self._release = client.register_script(COMPARE_AND_DELETE)
 
     # --- writes (workers) -----------------------------------------------------------------
 
@@ -202,3 +195,30 @@ class WorkerRegistry:
         with redis_errors(self.client, f"reading the transition costs of {model!r}"):
             raw = self.client.hgetall(key("cost", model))
         return {k: float(v) for k, v in raw.items()}
+
+
+class ServedCache:
+    """"A live worker serves this model", trusted for ``ttl_s`` once seen, so that a busy
+    sender asks Redis at most once a ``ttl_s`` per model. A model that stopped being served
+    within that window loses nothing: the worker that leaves with requests waiting asks for a
+    pre-warm (``ModelPool.rescue_queue``), and so does the beat for any queue with requests
+    and no worker."""
+
+    def __init__(self, registry: WorkerRegistry, ttl_s: float = 1.0) -> None:
+        self.registry = registry
+        self.ttl_s = ttl_s
+        self._until: dict[str, float] = {}
+
+    def served(self, model: str) -> bool:
+        """True when a live worker serves ``model`` (or did within ``ttl_s``).
+
+        Raises:
+            StateUnavailableError: Redis cannot be reached.
+        """
+        now = time.monotonic()
+        if self._until.get(model, 0.0) > now:
+            return True
+        if self.registry.hot_workers(model):
+            self._until[model] = now + self.ttl_s
+            return True
+        return False
