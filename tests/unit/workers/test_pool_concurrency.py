@@ -83,7 +83,7 @@ def test_requests_survive_demotions_to_remote_and_reloads(kit: PoolKit) -> None:
     answers: list[Any] = []
 
     def requests() -> None:
-        for _ in range(120):
+        for _ in range(50):
             try:
                 answer = pool.infer("m", {"x": encode_tensor(x)})
                 (out,) = decode_outputs(answer["outputs"]).values()
@@ -92,7 +92,7 @@ def test_requests_survive_demotions_to_remote_and_reloads(kit: PoolKit) -> None:
                 answers.append(e)
 
     def demoter() -> None:
-        while not stop.is_set():
+        while not stop.wait(0.002):  # a demotion or reload every few milliseconds
             for tier in (Tier.REMOTE, Tier.HOST, Tier.DISK):
                 try:
                     pool.demote("m", tier)
@@ -105,7 +105,7 @@ def test_requests_survive_demotions_to_remote_and_reloads(kit: PoolKit) -> None:
     stop.set()
     churn.join(30)
     assert errors == [None, None, None]
-    assert len(answers) == 360
+    assert len(answers) == 150
     assert all(a is True for a in answers), [a for a in answers if a is not True][:5]
 
 
