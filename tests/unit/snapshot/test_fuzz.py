@@ -47,22 +47,30 @@ def _paths(tree: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
     return out
 
 
+def _mutate_once(draw: st.DrawFn, tree: Any) -> bool:
+    """Replace one value somewhere in ``tree`` by arbitrary JSON, or delete it from its
+    object. False when the tree has nothing left to mutate."""
+    paths = [p for p in _paths(tree) if p]
+    if not paths:
+        return False
+    path = draw(st.sampled_from(paths))
+    parent: Any = tree
+    for part in path[:-1]:
+        parent = parent[part]
+    if draw(st.booleans()) and isinstance(parent, dict):
+        del parent[path[-1]]
+    else:
+        parent[path[-1]] = draw(json_trees)
+    return True
+
+
 @st.composite
 def mutated_manifests(draw: st.DrawFn) -> dict[str, Any]:
     """A valid manifest with a few values replaced by arbitrary JSON, or deleted."""
     raw = copy.deepcopy(valid())
     for _ in range(draw(st.integers(min_value=1, max_value=3))):
-        paths = [p for p in _paths(raw) if p]
-        if not paths:
+        if not _mutate_once(draw, raw):
             break
-        path = draw(st.sampled_from(paths))
-        parent: Any = raw
-        for part in path[:-1]:
-            parent = parent[part]
-        if draw(st.booleans()) and isinstance(parent, dict):
-            del parent[path[-1]]
-        else:
-            parent[path[-1]] = draw(json_trees)
     return raw
 
 
@@ -163,15 +171,7 @@ def test_mutated_header_bytes(blob: bytes) -> None:
 def mutated_headers(draw: st.DrawFn) -> bytes:
     header = copy.deepcopy(GOOD)
     for _ in range(draw(st.integers(min_value=1, max_value=3))):
-        path = draw(st.sampled_from([p for p in _paths(header) if p]))
-        parent: Any = header
-        for part in path[:-1]:
-            parent = parent[part]
-        if draw(st.booleans()) and isinstance(parent, dict):
-            del parent[path[-1]]
-        else:
-            parent[path[-1]] = draw(json_trees)
-        if not header:
+        if not _mutate_once(draw, header) or not header:
             break
     data = draw(st.sampled_from([bytes(11), bytes(0), bytes(12), bytes(3)]))
     return _file(header, data)
