@@ -3,7 +3,7 @@
 Layout::
 
     <root>/<model>/<version>/manifest.json        written last: the entry is complete
-    <root>/<model>/<version>/model.safetensors
+    <root>/<model>/<version>/model.safetensors    or, sharded, each shard under its own name
     <root>/<model>/<version>/golden.safetensors
     <root>/<model>/<version>/.used                touched on every use (LRU recency)
     <root>/<model>/<version>/.verified            its mtime: when the files were last re-hashed
@@ -13,8 +13,9 @@ Layout::
 A download fetches parallel ranged GETs into a temporary file in the entry's directory,
 preallocated to its full size (so that concurrent fetches count it against the budget), then
 fsyncs it and verifies size, sha256 and (for the weights) the header against the manifest
-*before* the atomic rename into place. The manifest copy is written last. A failure leaves no
-entry behind.
+*before* the atomic rename into place (each shard of a sharded snapshot on its own, against
+its own entry in the manifest). The manifest copy is written last. A failure leaves no entry
+behind.
 
 Several processes fetching one snapshot: the per-entry ``flock`` lets exactly one download;
 the others block, then find the complete entry, verify it and use it. Eviction takes the
@@ -56,7 +57,7 @@ from warmstart.infra.errors import (
     ManifestError,
     SnapshotNotFoundError,
 )
-from warmstart.snapshot.header import check_against_manifest
+from warmstart.snapshot.header import check_file
 from warmstart.snapshot.manifest import MAX_MANIFEST_BYTES, Manifest, parse_manifest
 from warmstart.snapshot.names import GOLDEN_FILE, MANIFEST_FILE, WEIGHTS_FILE, validate_name, version_key
 from warmstart.infra.progress import ProgressCallback, transfer_progress
@@ -88,7 +89,16 @@ class LocalSnapshot:
 
     @property
     def weights_path(self) -> Path:
+        """``model.safetensors``; for a sharded snapshot, the entry's directory, which holds
+        the shards (:func:`~warmstart.snapshot.restore.restore_model` takes either)."""
+        if self.manifest.weights.shards:
+            return self.directory
         return self.directory / WEIGHTS_FILE
+
+    @property
+    def weights_paths(self) -> tuple[Path, ...]:
+        """Every weights file: the one ``model.safetensors``, or the shards in order."""
+        return tuple(self.directory / f.file for f in self.manifest.weights.files)
 
     @property
     def golden_path(self) -> Path:
@@ -315,10 +325,8 @@ class SnapshotCache:
             if self._is_valid(directory, manifest):
                 (directory / USED_MARKER).touch()
                 return LocalSnapshot(manifest, directory, 0, time.perf_counter() - t0)
-            files = [
-                (WEIGHTS_FILE, manifest.weights.size_bytes, manifest.weights.sha256),
-                (GOLDEN_FILE, manifest.golden.size_bytes, manifest.golden.sha256),
-            ]
+            weights = {f.file: f for f in manifest.weights.files}
+            files = _files(manifest)
             for name, size, _ in files:
                 self._check_remote_size(store, model, version, name, size)
             try:
@@ -333,8 +341,8 @@ class SnapshotCache:
                             store, version_key(model, version, name), tmp, size, sha256,
                             task(f"{model}/{version} {name}", size),
                         )  # fmt: skip
-                        if name == WEIGHTS_FILE:
-                            check_against_manifest(tmp, manifest)
+                        if name in weights:
+                            check_file(tmp, weights[name])
                         os.replace(tmp, directory / name)
                 self._write_manifest(directory, manifest_bytes)
             except BaseException:
@@ -348,10 +356,8 @@ class SnapshotCache:
     def _is_valid(self, directory: Path, manifest: Manifest) -> bool:
         """The cheap check of a cached entry: complete, same manifest, files of the right size."""
         try:
-            return (
-                _read_cached_manifest(directory) == manifest
-                and (directory / WEIGHTS_FILE).stat().st_size == manifest.weights.size_bytes
-                and (directory / GOLDEN_FILE).stat().st_size == manifest.golden.size_bytes
+            return _read_cached_manifest(directory) == manifest and all(
+                (directory / name).stat().st_size == size for name, size, _ in _files(manifest)
             )
         except OSError:
             return False
@@ -459,7 +465,7 @@ class SnapshotCache:
     # --- re-verification ---------------------------------------------------------------------
 
     def verify(self, model: str, version: str) -> bool:
-        """Re-hash a cached entry's weights and golden file against its manifest's sha256.
+        """Re-hash a cached entry's weights (each shard) and golden file against its manifest's sha256.
 
         No lock is held while the files are read, so fetches (of this entry or any other) and
         eviction go on meanwhile; the files are immutable, and an entry evicted meanwhile is
@@ -480,21 +486,23 @@ class SnapshotCache:
             if directory.exists():
                 self._evict_if_same(model, version, None)  # unless a fetch completes it meanwhile
             return False
-        hashed: list[tuple[int, int] | None] = []
-        for name, info in ((WEIGHTS_FILE, manifest.weights), (GOLDEN_FILE, manifest.golden)):
-            identity, digest = _hash_file(directory / name, info.size_bytes)
-            hashed.append(identity)
-            if digest != info.sha256:
+        hashed: list[tuple[str, tuple[int, int] | None]] = []
+        for name, size, sha256 in _files(manifest):
+            identity, digest = _hash_file(directory / name, size)
+            hashed.append((name, identity))
+            if digest != sha256:
                 self._evict_if_same(model, version, hashed)
                 return False
         _touch_verified(directory)
         return True
 
-    def _evict_if_same(self, model: str, version: str, hashed: list[tuple[int, int] | None] | None) -> None:
+    def _evict_if_same(
+        self, model: str, version: str, hashed: list[tuple[str, tuple[int, int] | None]] | None
+    ) -> None:
         """Evict an entry found bad, unless it was replaced meanwhile.
 
         Args:
-            hashed: the identities (device, inode) of the files that were read, in order; the
+            hashed: the names and identities (device, inode) of the files that were read; the
                 entry stays when its files are other ones now (evicted and fetched again: the
                 new copy was verified by its fetch). None: the manifest copy was unreadable;
                 the entry stays if a fetch has completed it meanwhile.
@@ -504,10 +512,8 @@ class SnapshotCache:
             if hashed is None:
                 if _read_cached_manifest(directory) is not None:
                     return
-            else:
-                names = (WEIGHTS_FILE, GOLDEN_FILE)[: len(hashed)]
-                if [_identity(directory / name) for name in names] != hashed:
-                    return
+            elif [_identity(directory / name) for name, _ in hashed] != [i for _, i in hashed]:
+                return
             self._remove_entry(directory)
 
     def verify_next(self, max_bytes: int) -> list[tuple[str, str, bool]]:
@@ -540,6 +546,13 @@ class SnapshotCache:
             spent += size
             results.append((model, version, self.verify(model, version)))
         return results
+
+
+def _files(manifest: Manifest) -> list[tuple[str, int, str]]:
+    """``(name, size, sha256)`` of every file of a snapshot but its manifest: the weights (one
+    file, or each shard), then the golden file."""
+    files = [(f.file, f.size_bytes, f.sha256) for f in manifest.weights.files]
+    return files + [(GOLDEN_FILE, manifest.golden.size_bytes, manifest.golden.sha256)]
 
 
 def _read_cached_manifest(directory: Path) -> Manifest | None:

@@ -23,6 +23,7 @@ from warmstart.snapshot.manifest import (
     SAFETENSORS_DTYPES,
     Manifest,
     TensorEntry,
+    WeightsFile,
     shape_problem,
     tensor_nbytes,
 )
@@ -132,29 +133,45 @@ def read_header_file(path: Path) -> tuple[int, dict[str, TensorEntry], dict[str,
 def check_against_manifest(path: Path, manifest: Manifest) -> dict[str, TensorEntry]:
     """Require the file's header to agree exactly with the manifest's tensor index.
 
+    For a sharded manifest, ``path`` is the folder holding the shard files: each is checked
+    against its own entry (:func:`check_file`) and the union of their tensors is returned.
+
     Raises:
         SafetensorsHeaderError: the header is invalid, or a tensor is missing, extra, or has
             another dtype, shape or offsets than the manifest records.
     """
+    if manifest.weights.shards:
+        tensors: dict[str, TensorEntry] = {}
+        for entry in manifest.weights.shards:
+            tensors.update(check_file(path / entry.file, entry))
+        return tensors
+    return check_file(path, manifest.weights.files[0])
+
+
+def check_file(path: Path, entry: WeightsFile) -> dict[str, TensorEntry]:
+    """Require one weights file (the single file or a shard) to agree exactly with its entry
+    in the manifest: size, header length and every tensor.
+
+    Raises:
+        SafetensorsHeaderError: as :func:`check_against_manifest`.
+    """
     size = path.stat().st_size
-    if size != manifest.weights.size_bytes:
-        raise SafetensorsHeaderError(
-            f"{path.name} is {size} bytes but the manifest records {manifest.weights.size_bytes}"
-        )
+    if size != entry.size_bytes:
+        raise SafetensorsHeaderError(f"{entry.file} is {size} bytes but the manifest records {entry.size_bytes}")
     header_bytes, tensors, _ = read_header_file(path)
-    if header_bytes != manifest.weights.header_bytes:
+    if header_bytes != entry.header_bytes:
         raise SafetensorsHeaderError(
-            f"header is {header_bytes} bytes but the manifest records {manifest.weights.header_bytes}"
+            f"{entry.file}: header is {header_bytes} bytes but the manifest records {entry.header_bytes}"
         )
-    expected = {t.name: t for t in manifest.weights.tensors}
+    expected = {t.name: t for t in entry.tensors}
     if set(tensors) != set(expected):
         missing = sorted(set(expected) - set(tensors))[:5]
         extra = sorted(set(tensors) - set(expected))[:5]
-        raise SafetensorsHeaderError(f"tensors disagree with the manifest: missing {missing}, extra {extra}")
-    for name, entry in tensors.items():
-        if entry != expected[name]:
+        raise SafetensorsHeaderError(f"{entry.file}: tensors disagree with the manifest: missing {missing}, extra {extra}")
+    for name, found in tensors.items():
+        if found != expected[name]:
             raise SafetensorsHeaderError(
-                f"tensor {short(name)} is {entry.dtype} {list(entry.shape)} at {entry.offsets} in the "
+                f"{entry.file}: tensor {short(name)} is {found.dtype} {list(found.shape)} at {found.offsets} in the "
                 f"file but {expected[name].dtype} {list(expected[name].shape)} at "
                 f"{expected[name].offsets} in the manifest"
             )

@@ -8,7 +8,12 @@ manifest naming it is refused like any unregistered architecture. The class is
 ``config["architectures"][0]`` (or ``model_class``), looked up in the ``transformers`` package
 and required to be a ``PreTrainedModel``: no remote code, nothing imported from the config.
 
-The weights file is published byte for byte (same sha256 as in the folder). Tensors the
+The weights file is published byte for byte (same sha256 as in the folder). A sharded folder
+(``model.safetensors.index.json`` and its ``model-0000k-of-0000n.safetensors``) is published
+the same way, each shard byte for byte under its own name, after the index and the shards'
+headers are checked against each other (:func:`parse_shard_index`,
+:func:`check_shard_tensors`): every shard present, each tensor in exactly the shard the index
+names. Tensors the
 module computes itself (non-persistent buffers such as ``embeddings.position_ids``, which
 checkpoints saved by older ``transformers`` hold) are recorded in the manifest's
 ``skip_keys`` and left unloaded; every other tensor loads strictly.
@@ -18,7 +23,7 @@ from __future__ import annotations
 
 import inspect
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,9 +31,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from warmstart.infra.errors import HFFolderError
-from warmstart.snapshot.jsonlimits import load_json
-from warmstart.snapshot.manifest import Manifest
+from warmstart.infra.errors import HFFolderError, SafetensorsHeaderError
+from warmstart.snapshot.header import read_header_file
+from warmstart.snapshot.jsonlimits import load_json, short
+from warmstart.snapshot.manifest import (
+    MAX_MANIFEST_BYTES,
+    MAX_SHARDS,
+    MAX_TENSOR_NAME_LENGTH,
+    MAX_TENSORS,
+    Manifest,
+    shard_file_problem,
+)
 from warmstart.snapshot.stores.base import SnapshotStore
 
 FACTORY = "warmstart.snapshot.hf:build_hf_model"
@@ -36,6 +49,11 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 MAX_CONFIG_BYTES = 1024 * 1024
+#: an index lists every tensor once, the manifest each with its shape and offsets too: an
+#: index larger than a manifest may be could never be published.
+MAX_INDEX_BYTES = MAX_MANIFEST_BYTES
+#: tensor names quoted in one message
+_EXAMPLES = 5
 #: bound on ``max_position_embeddings``: buffers computed at build (on the real device) grow with it
 MAX_POSITIONS = 1 << 20
 _CLASS_NAME = re.compile(r"[A-Z][A-Za-z0-9]{0,127}")
@@ -102,19 +120,180 @@ build_hf_model.warmup_kwargs = {  # type: ignore[attr-defined]
 # --- the folder ------------------------------------------------------------------------------
 
 
+class ShardIndexError(HFFolderError):
+    """Raised when a sharded folder's ``model.safetensors.index.json`` cannot be used: too
+    large, not JSON, not ``{"weight_map": {tensor: shard file}}``, too many shards, a shard
+    name that is not a plain file name, or a shard file missing from the folder."""
+
+    code = "hf_shard_index"
+
+
+class ShardTensorsError(HFFolderError):
+    """Raised when the shards of a sharded folder disagree with its index: a tensor in two
+    shards, in another shard than the index says, in a shard but not in the index, or in the
+    index but in no shard."""
+
+    code = "hf_shard_tensors"
+
+
 @dataclass(frozen=True)
 class HFFolder:
     path: Path
     config: dict[str, Any]
-    weights: Path
+    #: ``model.safetensors``, or the shard files in order (a tuple) for a sharded folder.
+    weights: Path | tuple[Path, ...]
+
+
+def _fix(index: str) -> str:
+    return f"fix {index} or save the model again with save_pretrained()"
+
+
+def parse_shard_index(raw: bytes | str, where: str = INDEX_FILE) -> dict[str, str]:
+    """The ``weight_map`` of a ``model.safetensors.index.json``: tensor name -> shard file.
+
+    Every size is checked before the work it bounds: the document's length before it is
+    decoded (and its nesting, by :func:`load_json`), the number of entries before they are
+    read, the number of distinct shards as they are counted.
+
+    Args:
+        raw: the index's bytes.
+        where: names the index in messages (its path).
+
+    Raises:
+        ShardIndexError: over :data:`MAX_INDEX_BYTES`, not UTF-8 JSON, not an object with a
+            ``weight_map`` object (and an optional ``metadata`` object), no tensors or over
+            :data:`~warmstart.snapshot.manifest.MAX_TENSORS`, a tensor name that is empty or
+            too long, a shard that is not a plain ``*.safetensors`` file name, or more than
+            :data:`~warmstart.snapshot.manifest.MAX_SHARDS` shards.
+    """
+    if len(raw) > MAX_INDEX_BYTES:
+        raise ShardIndexError(f"{where} is {len(raw)} bytes, over the {MAX_INDEX_BYTES}-byte limit for an index; {_fix(where)}")
+    try:
+        obj = load_json(raw, what=where, error=ShardIndexError)
+    except ShardIndexError as e:
+        raise ShardIndexError(f"{str(e).removesuffix('; republish it')}; {_fix(where)}") from None
+    if not isinstance(obj, dict) or not isinstance(obj.get("weight_map"), dict):
+        raise ShardIndexError(
+            f"{where} must be a JSON object with a 'weight_map' object (tensor name -> shard file); {_fix(where)}"
+        )
+    if not isinstance(obj.get("metadata", {}), dict):
+        raise ShardIndexError(f"{where}: 'metadata' must be an object; {_fix(where)}")
+    weight_map = obj["weight_map"]
+    if not weight_map:
+        raise ShardIndexError(f"{where} maps no tensors (an empty 'weight_map'); {_fix(where)}")
+    if len(weight_map) > MAX_TENSORS:
+        raise ShardIndexError(
+            f"{where} maps {len(weight_map)} tensors, over the limit of {MAX_TENSORS} for one snapshot; "
+            f"{_fix(where)}"
+        )
+    shards: set[str] = set()
+    for name, shard in weight_map.items():
+        if not 0 < len(name) <= MAX_TENSOR_NAME_LENGTH:
+            raise ShardIndexError(
+                f"{where} maps a tensor named {short(name)}: names are 1-{MAX_TENSOR_NAME_LENGTH} characters; "
+                f"{_fix(where)}"
+            )
+        if not isinstance(shard, str) or shard not in shards:
+            problem = shard_file_problem(shard)
+            if problem is not None:
+                raise ShardIndexError(f"{where}: the shard of tensor {short(name)} {problem}; {_fix(where)}")
+            shards.add(shard)
+            if len(shards) > MAX_SHARDS:
+                raise ShardIndexError(
+                    f"{where} names more than {MAX_SHARDS} shard files, the limit for one snapshot "
+                    f"(MAX_SHARDS); save the model again with a larger max_shard_size"
+                )
+    return dict(weight_map)
+
+
+def check_shard_tensors(
+    weight_map: Mapping[str, str], found: Mapping[str, Iterable[str]], where: str = INDEX_FILE
+) -> None:
+    """Require the shards to hold exactly what the index says: each tensor in one shard, the
+    one its ``weight_map`` entry names, and nothing else.
+
+    Args:
+        weight_map: the index's tensor -> shard file (:func:`parse_shard_index`).
+        found: shard file -> the tensor names its header holds, for each shard the index names.
+        where: names the index in messages.
+
+    Raises:
+        ShardTensorsError: a tensor in two shards; a tensor in another shard than the index
+            says; a tensor of a shard that the index does not list; a tensor of the index in
+            no shard. The message names the files and up to five tensors.
+    """
+    holder: dict[str, str] = {}
+    twice: list[str] = []
+    for shard, names in found.items():
+        for name in names:
+            if name in holder:
+                twice.append(f"{short(name)} in {holder[name]} and {shard}")
+            else:
+                holder[name] = shard
+    if twice:
+        raise ShardTensorsError(
+            f"the shards of {where} overlap: tensor {', '.join(twice[:_EXAMPLES])}"
+            f"{f' (and {len(twice) - _EXAMPLES} more)' if len(twice) > _EXAMPLES else ''}; a tensor "
+            "belongs to one shard: save the model again with save_pretrained()"
+        )
+    elsewhere = [f"{short(n)} (index: {weight_map[n]}, found in {s})" for n, s in holder.items()
+                 if n in weight_map and weight_map[n] != s]  # fmt: skip
+    unlisted = [f"{short(n)} in {s}" for n, s in holder.items() if n not in weight_map]
+    nowhere = [f"{short(n)} (index: {s})" for n, s in weight_map.items() if n not in holder]
+    for problems, what in (
+        (elsewhere, "maps tensors to other shards than those holding them"),
+        (unlisted, "does not list tensors that the shards hold"),
+        (nowhere, "lists tensors that no shard holds"),
+    ):
+        if problems:
+            more = f" (and {len(problems) - _EXAMPLES} more)" if len(problems) > _EXAMPLES else ""
+            raise ShardTensorsError(f"{where} {what}: {', '.join(problems[:_EXAMPLES])}{more}; {_fix(where)}")
+
+
+def read_shards(path: Path) -> tuple[Path, ...]:
+    """The shard files of a sharded folder, in order, after checking its index (size, JSON,
+    shard names and count), that every shard is there, and that their headers agree with it.
+
+    Raises:
+        ShardIndexError: a bad index, or shard files missing from the folder.
+        ShardTensorsError: the shards disagree with the index.
+        SafetensorsHeaderError: a shard's header is malformed or lies (the shard is named).
+    """
+    index = path / INDEX_FILE
+    size = index.stat().st_size
+    if size > MAX_INDEX_BYTES:  # before a byte of it is read
+        raise ShardIndexError(f"{index} is {size} bytes, over the {MAX_INDEX_BYTES}-byte limit for an index; {_fix(str(index))}")
+    with open(index, "rb") as f:
+        raw = f.read(MAX_INDEX_BYTES + 1)
+    weight_map = parse_shard_index(raw, str(index))
+    names = sorted(set(weight_map.values()))
+    missing = [n for n in names if not (path / n).is_file()]
+    if missing:
+        raise ShardIndexError(
+            f"{index} names {len(missing)} shard files that are not in {path}: {missing[:_EXAMPLES]}"
+            f"{' …' if len(missing) > _EXAMPLES else ''}; copy every shard of the checkpoint into the folder"
+        )
+    found: dict[str, list[str]] = {}
+    for name in names:
+        try:
+            found[name] = list(read_header_file(path / name)[1])
+        except SafetensorsHeaderError as e:
+            raise SafetensorsHeaderError(f"shard {path / name}: {e}") from e
+    check_shard_tensors(weight_map, found, str(index))
+    return tuple(path / name for name in names)
 
 
 def read_hf_folder(path: Path) -> HFFolder:
     """Check a Hugging Face folder before anything is built or uploaded.
 
+    ``model.safetensors`` is used when the folder has it; otherwise a sharded folder's index
+    and shards (see :func:`read_shards`).
+
     Raises:
         HFFolderError: not a folder, no or a bad ``config.json`` (too large, not a JSON
-            object, no ``model_type``), no ``model.safetensors``, or a sharded folder.
+            object, no ``model_type``), or neither ``model.safetensors`` nor an index.
+        ShardIndexError, ShardTensorsError, SafetensorsHeaderError: a sharded folder whose
+            index or shards are wrong (see :func:`read_shards`).
     """
     path = Path(path)
     if not path.is_dir():
@@ -129,14 +308,14 @@ def read_hf_folder(path: Path) -> HFFolder:
     if not isinstance(config, dict) or not isinstance(config.get("model_type"), str):
         raise HFFolderError(f"{config_path} must be a JSON object with a 'model_type' string (e.g. \"bert\")")
     weights = path / WEIGHTS_FILE
-    if not weights.is_file():
-        if (path / INDEX_FILE).is_file():
-            raise HFFolderError(
-                f"{path} holds sharded weights ({INDEX_FILE}); warmstart publishes one "
-                f"{WEIGHTS_FILE} for now: save the model with save_pretrained(max_shard_size='100GB')"
-            )
-        raise HFFolderError(f"{weights} is missing: the folder needs its weights as {WEIGHTS_FILE}")
-    return HFFolder(path, config, weights)
+    if weights.is_file():
+        return HFFolder(path, config, weights)
+    if (path / INDEX_FILE).is_file():
+        return HFFolder(path, config, read_shards(path))
+    raise HFFolderError(
+        f"{weights} is missing: the folder needs its weights as {WEIGHTS_FILE}, or sharded as "
+        f"{INDEX_FILE} and the shard files it names"
+    )
 
 
 def hf_input_specs(config: Mapping[str, Any], cls: type[nn.Module]) -> list[dict[str, Any]]:
@@ -194,7 +373,8 @@ def publish_hf_folder(
     model_class: str | None = None,
     **options: Any,
 ) -> Manifest:
-    """Publish a Hugging Face folder: its ``model.safetensors`` unchanged, the architecture
+    """Publish a Hugging Face folder: its ``model.safetensors`` (or each of its shards)
+    unchanged, the architecture
     :data:`FACTORY` with the folder's config, inputs from the config (see
     :func:`hf_input_specs`), non-persistent buffers saved in the file recorded as
     ``skip_keys``. Options as :func:`~warmstart.snapshot.publish.publish_file`.

@@ -21,7 +21,25 @@ Format version 1::
     }
 
 ``offsets`` are relative to the start of the data section (after the 8-byte length and the
-header), as in safetensors itself. Input shapes hold ints for fixed dimensions and strings
+header), as in safetensors itself.
+
+Format version 2 is a *sharded* snapshot (a Hugging Face folder with
+``model.safetensors.index.json``): the same document, but ``weights`` lists each shard file,
+published unchanged under its own name, with its own size, sha256, header length and tensors
+(offsets relative to that file's data section)::
+
+      "weights": {"size_bytes": 300, "sha256": "<64 hex: sha256 of the shard list>",
+                  "shards": [{"file": "model-00001-of-00002.safetensors", "size_bytes": 160,
+                              "sha256": "<64 hex>", "header_bytes": 120,
+                              "tensors": [{"name": "w", "dtype": "F32", "shape": [2, 3],
+                                           "offsets": [0, 24]}]},
+                             {"file": "model-00002-of-00002.safetensors", ...}]},
+
+``size_bytes`` is the sum of the shards' and ``sha256`` is :func:`shards_digest` of the list
+(what ``sha256sum`` prints for the shards, hashed again): both are checked. A tensor name
+appears in one shard only. Single-file snapshots are still written as format version 1, byte
+for byte as before; a reader that knows only version 1 refuses a sharded manifest with "upgrade
+warmstart" instead of misreading it. Input shapes hold ints for fixed dimensions and strings
 (names such as ``"batch"``) for dynamic ones. An input may also declare ``value_range``
 (``[low, high)``, integer dtypes only) and ``dim_max`` (an upper bound per dynamic dimension,
 e.g. ``{"seq": 512}``); both are written only when set.
@@ -34,6 +52,7 @@ its dimensions before any product of them is taken (a million-dimension shape ma
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -46,13 +65,18 @@ from warmstart.snapshot.names import GOLDEN_FILE, WEIGHTS_FILE, validate_name
 
 FORMAT = "warmstart.snapshot"
 FORMAT_VERSION = 1
+#: the format version of a sharded snapshot (``weights.shards``); single files stay at 1.
+SHARDED_FORMAT_VERSION = 2
+FORMAT_VERSIONS = (FORMAT_VERSION, SHARDED_FORMAT_VERSION)
 MAX_MANIFEST_BYTES = 16 * 1024 * 1024
 
 # Limits on what a manifest (or a safetensors header) may describe. Far above any real model,
 # and low enough that checking a hostile document costs milliseconds, not minutes.
 MAX_RANK = 64  #: dimensions of one tensor or input
 MAX_DIM = 2**48  #: elements along one dimension
-MAX_TENSORS = 262_144  #: tensors in one weights file
+MAX_TENSORS = 262_144  #: tensors in one weights file, and in all the shards of a snapshot
+#: shard files of one sharded snapshot (the largest public checkpoints have a few hundred)
+MAX_SHARDS = 1024
 MAX_INPUTS = 256  #: declared inputs of a model
 MAX_OUTPUTS = 4096  #: recorded golden outputs
 MAX_TENSOR_NAME_LENGTH = 1024  #: characters of a tensor or output name
@@ -90,6 +114,28 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 _FACTORY = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
 _INPUT_NAME = re.compile(r"[A-Za-z_]\w{0,63}")
 _DIM_NAME = re.compile(r"[A-Za-z_]\w{0,31}")
+#: a shard's file name, as it is in the folder, the store and the cache entry.
+_SHARD_FILE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,114}\.safetensors")
+
+
+def shard_file_problem(name: object) -> str | None:
+    """Why ``name`` cannot be a shard's file name (None when it can).
+
+    A shard keeps its name in the store and in the cache entry, so it must be one plain path
+    segment: letters, digits, ``.``, ``_``, ``-``, ending in ``.safetensors``, at most 127
+    characters, no ``..``, and not a name the snapshot already uses (``model.safetensors``,
+    ``golden.safetensors``).
+    """
+    if not isinstance(name, str):
+        return f"must be a file name string, got {type(name).__name__}"
+    if ".." in name or not _SHARD_FILE.fullmatch(name):
+        return (
+            f"is {short(name)}, not a plain shard file name (letters, digits, '.', '_', '-', "
+            "ending in '.safetensors', at most 127 characters, no '/' and no '..')"
+        )
+    if name in (WEIGHTS_FILE, GOLDEN_FILE):
+        return f"is {name!r}, a name reserved for a snapshot's own files"
+    return None
 
 
 def shape_problem(shape: object, dynamic: bool = False) -> str | None:
@@ -179,12 +225,55 @@ class ArchitectureSpec:
 
 
 @dataclass(frozen=True)
-class WeightsInfo:
+class WeightsFile:
+    """One safetensors file of a snapshot: the single ``model.safetensors``, or one shard."""
+
     file: str
     size_bytes: int
     sha256: str
     header_bytes: int
     tensors: tuple[TensorEntry, ...]
+
+
+def shards_digest(shards: "tuple[WeightsFile, ...] | list[WeightsFile]") -> str:
+    """The sha256 that identifies a list of shards: of the lines ``<sha256>  <file>\n`` that
+    ``sha256sum`` prints for them, in order (``sha256sum model-*.safetensors | sha256sum``)."""
+    listing = "".join(f"{s.sha256}  {s.file}\n" for s in shards)
+    return hashlib.sha256(listing.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class WeightsInfo:
+    """The weights of a snapshot.
+
+    A single file (format version 1): ``file`` is ``model.safetensors`` and ``shards`` is
+    empty. A sharded snapshot (format version 2; build it with :meth:`from_shards`): ``shards``
+    lists the files; ``file`` is empty, ``header_bytes`` 0, ``size_bytes`` their sum,
+    ``sha256`` their :func:`shards_digest`, and ``tensors`` the union of theirs (each entry's
+    offsets are relative to its own shard). :attr:`files` gives the files either way.
+    """
+
+    file: str
+    size_bytes: int
+    sha256: str
+    header_bytes: int
+    tensors: tuple[TensorEntry, ...]
+    shards: tuple[WeightsFile, ...] = ()
+
+    @classmethod
+    def from_shards(cls, shards: "tuple[WeightsFile, ...] | list[WeightsFile]") -> "WeightsInfo":
+        shards = tuple(shards)
+        return cls(
+            file="", size_bytes=sum(s.size_bytes for s in shards), sha256=shards_digest(shards),
+            header_bytes=0, tensors=tuple(t for s in shards for t in s.tensors), shards=shards,
+        )  # fmt: skip
+
+    @property
+    def files(self) -> tuple[WeightsFile, ...]:
+        """The snapshot's weight files, in order: its shards, or its one file."""
+        if self.shards:
+            return self.shards
+        return (WeightsFile(self.file, self.size_bytes, self.sha256, self.header_bytes, self.tensors),)
 
 
 @dataclass(frozen=True)
@@ -221,6 +310,11 @@ class Manifest:
     #: dynamic batching: ``{"max_batch": n, "max_wait_ms": t}`` (empty: one request per forward).
     batching: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        if self.weights.shards and self.format_version == FORMAT_VERSION:
+            # sharded weights are format 2: a manifest built in code equals the one parsed back
+            object.__setattr__(self, "format_version", SHARDED_FORMAT_VERSION)
+
     def to_dict(self) -> dict[str, Any]:
         raw = asdict(self)
         raw["inputs"] = [spec.to_dict() for spec in self.inputs]  # unset limits left out
@@ -233,7 +327,14 @@ class Manifest:
             raw["skip_keys"] = {"rule": SKIP_RULE, "keys": list(self.skip_keys)}
         else:
             del raw["skip_keys"]
-        ordered = {"format": FORMAT, "format_version": raw.pop("format_version")}
+        format_version = raw.pop("format_version")
+        if self.weights.shards:
+            w = raw["weights"]
+            raw["weights"] = {"size_bytes": w["size_bytes"], "sha256": w["sha256"], "shards": w["shards"]}
+            format_version = SHARDED_FORMAT_VERSION
+        else:
+            del raw["weights"]["shards"]  # single-file manifests keep their bytes
+        ordered = {"format": FORMAT, "format_version": format_version}
         ordered.update(raw)
         return json.loads(json.dumps(ordered))  # tuples -> lists, a plain JSON tree
 
@@ -312,8 +413,8 @@ def _freeform(obj: dict[str, Any], key: str, path: str) -> dict[str, Any]:
     return dict(value)
 
 
-def _tensor(raw: Any, i: int) -> TensorEntry:
-    path = f"weights.tensors[{i}]."
+def _tensor(raw: Any, i: int, where: str = "weights.") -> TensorEntry:
+    path = f"{where}tensors[{i}]."
     if not isinstance(raw, dict):
         raise ManifestError(f"{_where(path[:-1])} must be an object")
     name = _get(raw, "name", str, path)
@@ -469,10 +570,10 @@ def parse_manifest(data: bytes | str | dict[str, Any]) -> Manifest:
     if obj.get("format") != FORMAT:
         raise ManifestError(f"manifest 'format' is {short(obj.get('format'))}, expected {FORMAT!r}")
     version_no = _get(obj, "format_version", int, "")
-    if version_no != FORMAT_VERSION:
+    if version_no not in FORMAT_VERSIONS:
         raise ManifestError(
             f"manifest format_version {short(version_no)} is not supported (this warmstart reads "
-            f"{FORMAT_VERSION}); upgrade warmstart or republish the snapshot"
+            f"{', '.join(map(str, FORMAT_VERSIONS))}); upgrade warmstart or republish the snapshot"
         )
 
     model = validate_name(_get(obj, "model", str, ""), "model name")
@@ -488,26 +589,8 @@ def parse_manifest(data: bytes | str | dict[str, Any]) -> Manifest:
     kwargs = _freeform(arch, "kwargs", "architecture.")
 
     w = _get(obj, "weights", dict, "")
-    if _get(w, "file", str, "weights.") != WEIGHTS_FILE:
-        raise ManifestError(f"{_where('weights.file')} must be {WEIGHTS_FILE!r}")
-    tensors_raw = _bounded_list(w, "tensors", "weights.", MAX_TENSORS)
-    tensors = tuple(_tensor(t, i) for i, t in enumerate(tensors_raw))
-    if len({t.name for t in tensors}) != len(tensors):
-        raise ManifestError(f"{_where('weights.tensors')} names a tensor twice")
-    weights = WeightsInfo(
-        file=WEIGHTS_FILE,
-        size_bytes=_nonneg_int(w, "size_bytes", "weights."),
-        sha256=_sha(w, "sha256", "weights."),
-        header_bytes=_nonneg_int(w, "header_bytes", "weights."),
-        tensors=tensors,
-    )
-    data_bytes = weights.size_bytes - 8 - weights.header_bytes
-    for t in tensors:
-        if t.offsets[1] > data_bytes:
-            raise ManifestError(
-                f"tensor {short(t.name)} ends at byte {t.offsets[1]} of the data section, which is "
-                f"only {data_bytes} bytes long"
-            )
+    weights = _sharded_weights(w) if version_no == SHARDED_FORMAT_VERSION else _single_weights(w)
+    tensors = weights.tensors
 
     inputs_raw = _bounded_list(obj, "inputs", "", MAX_INPUTS)
     if not inputs_raw:
@@ -551,7 +634,103 @@ def parse_manifest(data: bytes | str | dict[str, Any]) -> Manifest:
         outputs=outputs,
         skip_keys=_skip_keys(obj, {t.name for t in tensors}),
         batching=parse_batching(obj["batching"]) if "batching" in obj else {},
+        format_version=version_no,
     )
+
+
+def _single_weights(w: dict[str, Any]) -> WeightsInfo:
+    """``weights`` of format version 1: one ``model.safetensors``."""
+    if "shards" in w:
+        raise ManifestError(
+            f"{_where('weights.shards')} needs format_version {SHARDED_FORMAT_VERSION}; this manifest "
+            f"says {FORMAT_VERSION}: republish the snapshot"
+        )
+    entry = _weights_file(w, "weights.", MAX_TENSORS, single=True)
+    return WeightsInfo(entry.file, entry.size_bytes, entry.sha256, entry.header_bytes, entry.tensors)
+
+
+def _weights_file(w: dict[str, Any], path: str, max_tensors: int, single: bool = False) -> WeightsFile:
+    """One weights file's entry: name, size, sha256, header length, and its tensor index (at
+    most ``max_tensors`` entries, refused by length before any is read)."""
+    name = _get(w, "file", str, path)
+    if single and name != WEIGHTS_FILE:
+        raise ManifestError(f"{_where(path + 'file')} must be {WEIGHTS_FILE!r}")
+    if not single:
+        problem = shard_file_problem(name)
+        if problem is not None:
+            raise ManifestError(f"{_where(path + 'file')} {problem}")
+    tensors_raw = _bounded_list(w, "tensors", path, max_tensors)
+    tensors = tuple(_tensor(t, i, path) for i, t in enumerate(tensors_raw))
+    if len({t.name for t in tensors}) != len(tensors):
+        raise ManifestError(f"{_where(path + 'tensors')} names a tensor twice")
+    entry = WeightsFile(
+        file=name,
+        size_bytes=_nonneg_int(w, "size_bytes", path),
+        sha256=_sha(w, "sha256", path),
+        header_bytes=_nonneg_int(w, "header_bytes", path),
+        tensors=tensors,
+    )
+    data_bytes = entry.size_bytes - 8 - entry.header_bytes
+    for t in tensors:
+        if t.offsets[1] > data_bytes:
+            raise ManifestError(
+                f"tensor {short(t.name)} ends at byte {t.offsets[1]} of the data section"
+                f"{'' if single else ' of ' + name}, which is only {data_bytes} bytes long"
+            )
+    return entry
+
+
+_SHARDED_WEIGHTS_KEYS = ("size_bytes", "sha256", "shards")
+
+
+def _sharded_weights(w: dict[str, Any]) -> WeightsInfo:
+    """``weights`` of format version 2: ``shards``, each a file with its tensors; the totals
+    must agree with them and no tensor may be in two shards."""
+    unknown = [short(k) for k in w if k not in _SHARDED_WEIGHTS_KEYS][:5]
+    if unknown:
+        raise ManifestError(
+            f"{_where('weights')} of a sharded snapshot has unknown keys {unknown}; it takes "
+            f"{list(_SHARDED_WEIGHTS_KEYS)} (each shard has its own file, tensors and header_bytes)"
+        )
+    shards_raw = _bounded_list(w, "shards", "weights.", MAX_SHARDS)
+    if not shards_raw:
+        raise ManifestError(f"{_where('weights.shards')} must list at least one shard")
+    shards: list[WeightsFile] = []
+    holder: dict[str, str] = {}
+    for i, raw in enumerate(shards_raw):
+        path = f"weights.shards[{i}]."
+        if not isinstance(raw, dict):
+            raise ManifestError(f"{_where(path[:-1])} must be an object")
+        listed = raw.get("tensors")
+        if isinstance(listed, list) and len(holder) + len(listed) > MAX_TENSORS:  # before reading them
+            raise ManifestError(
+                f"{_where('weights.shards')} list over {MAX_TENSORS} tensors in all, the limit for "
+                "one snapshot; this is not a manifest warmstart wrote"
+            )
+        shard = _weights_file(raw, path, MAX_TENSORS)
+        for t in shard.tensors:
+            if t.name in holder:
+                raise ManifestError(
+                    f"{_where('weights.shards')}: tensor {short(t.name)} is in both "
+                    f"{holder[t.name]} and {shard.file}; a tensor belongs to one shard"
+                )
+            holder[t.name] = shard.file
+        shards.append(shard)
+    if len({s.file for s in shards}) != len(shards):
+        raise ManifestError(f"{_where('weights.shards')} names a file twice")
+    weights = WeightsInfo.from_shards(shards)
+    size_bytes = _nonneg_int(w, "size_bytes", "weights.")
+    if size_bytes != weights.size_bytes:
+        raise ManifestError(
+            f"{_where('weights.size_bytes')} is {size_bytes} but the shards hold {weights.size_bytes} "
+            "bytes; republish the snapshot"
+        )
+    if _sha(w, "sha256", "weights.") != weights.sha256:
+        raise ManifestError(
+            f"{_where('weights.sha256')} is not the digest of the shard list (shards_digest); "
+            "republish the snapshot"
+        )
+    return weights
 
 
 MAX_BATCH = 4096

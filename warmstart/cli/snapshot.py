@@ -46,7 +46,8 @@ def _json_arg(value: str, option: str) -> Any:
 @click.option("--weights", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="A safetensors file to publish as is.")  # fmt: skip
 @click.option("--hf-dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="A Hugging Face folder (config.json + model.safetensors) to publish unchanged.")  # fmt: skip
+              help="A Hugging Face folder (config.json + model.safetensors, or sharded: "
+                   "model.safetensors.index.json + its shards) to publish unchanged.")  # fmt: skip
 @click.option("--outputs", "outputs_csv", default=None,
               help="The outputs the model answers with, comma-separated (e.g. last_hidden_state).")  # fmt: skip
 @click.option("--factory", help="Registered architecture, package.module:function.")

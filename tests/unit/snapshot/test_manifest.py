@@ -173,7 +173,7 @@ def test_missing_format_is_refused() -> None:
         parse_manifest(_mutate("format", delete=True))
 
 
-@pytest.mark.parametrize("version", [0, 2, 99])
+@pytest.mark.parametrize("version", [0, 3, 99])
 def test_unknown_format_version(version: int) -> None:
     with pytest.raises(ManifestError, match=f"format_version {version} is not supported"):
         parse_manifest(_mutate("format_version", version))
