@@ -9,24 +9,22 @@ HOT in the next minute exactly when the probability of an arrival then, ``h``, s
 ``h · B ≥ 1 - h``, i.e. ``h ≥ θ = 1/(1 + B)``. Every minute is an independent decision
 (a pre-warm is ordered a minute ahead), so the rule minimises expected waste + B × colds.
 
-``h`` is learned online per model, from three sources, in this order:
+``h`` is learned online per model:
 
-1. **Idle-time hazard.** After an arrival, ``h(d)`` for ``d`` minutes of idleness is the
-   discrete hazard of the next idle time, ``h(d) = (n(d) + k·h̄(d)) / (R(d) + k)``: ``n(d)``
-   idle times of exactly ``d`` minutes, ``R(d)`` idle times of at least ``d`` (at risk),
-   shrunk with ``k = PRIOR_WEIGHT`` pseudo-observations towards ``h̄(d)``, the
-   occurrence/exposure rate over the log-scale window ``[d/2, 2d]`` (see
-   :func:`idle_hazard`). With much data the exact hazard wins, so periodic models end up
-   loaded only in the minute they are called; with little data the coarse rate fills the
-   holes between observed idle times and reaches a little past the longest one.
-2. **Daily profile.** Beyond the hazard's support (idle longer than any seen, blurred),
-   once a full day has been observed: the fraction of past days with an arrival within
-   ±``DAILY_JITTER_MIN`` minutes of the next minute-of-day.
-3. **First gap.** With no idle time observed yet, ``h(d) = 1/(d + 1)``, Laplace's rule of
+1. **First gap.** With no idle time observed yet, ``h(d) = 1/(d + 1)``, Laplace's rule of
    succession over the ``d - 1`` minutes without an arrival (:func:`first_gap_prob`). The
    rule ``h ≥ θ`` then keeps the model HOT for exactly ``B`` minutes (the deterministic
    2-competitive ski-rental hold for this valuation), then at HOST over the histogram's
    range (a host copy is cheap).
+2. **Idle-time hazard.** After that, ``h(d)`` pools the model's idle times, their coarse
+   (log-window) rate and the first-gap rule kept as one pseudo idle time
+   (:mod:`warmstart.scheduler.policies.hazard`). Many idle times: the exact hazard, a timer
+   is HOT only in its minute. Few: the prior still weighs, so the model is held over the
+   gaps its histogram cannot vouch for yet. Idle longer than anything the data reach: the
+   hazard is the first-gap rule again, and so is the decision (the same ski-rental hold).
+3. **Daily profile.** Past the first-gap hold, once a full day has been observed: the
+   fraction of past days with an arrival within ±``DAILY_JITTER_MIN`` minutes of the next
+   minute-of-day.
 
 Every decision carries the ``h`` it was taken on as ``arrival_prob`` (the hazard of that very
 minute, not the best minute of a window): a memory budget ranks models by it
@@ -55,74 +53,21 @@ from warmstart.scheduler.policies.base import (
     TrafficState,
     observe,
 )
+from warmstart.scheduler.policies.hazard import (
+    data_support,
+    first_gap_prob,
+    hazard_at_1,
+    idle_hazard,
+)
 
 #: Default valuation of a cold start, in minutes of the fleet's reference model's GPU memory:
 #: the histogram range (4 h), which is what the published hybrid policy spends on a model it
 #: knows nothing about (its standard keep-alive fallback); same price, better placement.
 DEFAULT_BREAKEVEN_MIN = 240.0
-#: Weight of the coarse-scale prior, in idle times: one pseudo-observation.
-PRIOR_WEIGHT = 1.0
 #: Minute-of-day tolerance of the daily profile.
 DAILY_JITTER_MIN = 2
 
-
-_D = np.arange(IDLE_BINS)
 _FALSE = np.zeros(1, dtype=bool)
-#: The log-scale window [d/2, 2d] of each idle length d (``_HI1`` is its end + 1).
-_LO = np.maximum(1, _D // 2)
-_HI1 = np.minimum(IDLE_BINS - 1, 2 * _D) + 1
-
-
-def idle_hazard(idle_hist: list[int], idle_oob: int) -> np.ndarray:
-    """Hazard of the next idle time for each idle length 0..IDLE_BINS-1 (see module doc).
-
-    ``h(d) = (n(d) + k·h̄(d)) / (R(d) + k)``: ``n(d)`` idle times of exactly ``d`` minutes,
-    ``R(d)`` idle times of at least ``d`` (at risk), shrunk with ``k = PRIOR_WEIGHT``
-    pseudo-observations towards ``h̄(d)``, the occurrence/exposure rate over the log-scale
-    window ``[d/2, 2d]`` (events there / at-risk minutes there).
-
-    Args:
-        idle_hist: the idle-time histogram (``IDLE_BINS`` one-minute bins).
-        idle_oob: idle times out of the histogram's range.
-
-    Returns:
-        ``(IDLE_BINS,)`` float array in [0, 1]; 0 where nothing was ever at risk nearby.
-    """
-    n = np.asarray(idle_hist, dtype=np.float64)
-    if n.sum() + idle_oob <= 0:
-        return np.zeros(IDLE_BINS)
-    at_risk = np.cumsum(n[::-1])[::-1] + idle_oob
-    cum_events = np.concatenate(([0.0], np.cumsum(n)))
-    cum_exposure = np.concatenate(([0.0], np.cumsum(at_risk)))
-    events = cum_events[_HI1] - cum_events[_LO]
-    exposure = cum_exposure[_HI1] - cum_exposure[_LO]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        coarse = np.where(exposure > 0, events / exposure, 0.0)
-    hazard = (n + PRIOR_WEIGHT * coarse) / (at_risk + PRIOR_WEIGHT)
-    hazard[0] = 0.0
-    return hazard
-
-
-def hazard_at_1(idle_hist: list[int], idle_oob: int) -> float:
-    """``idle_hazard(idle_hist, idle_oob)[1]``, computed alone (same operations, same bits)."""
-    at_risk_1 = float(sum(idle_hist[1:]) + idle_oob)
-    n1 = float(idle_hist[1])
-    at_risk_2 = at_risk_1 - n1
-    events = n1 + float(idle_hist[2])
-    exposure = at_risk_1 + at_risk_2
-    coarse = events / exposure if exposure > 0 else 0.0
-    return (n1 + PRIOR_WEIGHT * coarse) / (at_risk_1 + PRIOR_WEIGHT)
-
-
-def first_gap_prob(idle_min: int) -> float:
-    """Arrival probability in the ``idle_min``-th minute after a model's first arrival.
-
-    Nothing is known of the model's idle times yet; the ``idle_min - 1`` minutes since the
-    arrival passed without one. Laplace's rule of succession over those minutes gives
-    ``1 / (idle_min + 1)``. Thresholding it at ``θ = 1/(1 + B)`` keeps the model HOT for
-    exactly ``B`` minutes, the ski-rental hold.
-    """
-    return 1.0 / (max(idle_min, 0) + 1.0)
 
 
 def _intervals(mask: np.ndarray) -> list[list[int]]:
@@ -186,15 +131,16 @@ class WarmstartPolicy(Policy):
         if state.idle_count == 0:
             return {"mode": "ski-rental"}
         hazard = idle_hazard(state.idle_hist, state.idle_oob)
+        # Past the data's reach the hazard is the first-gap rule, and decide() applies that
+        # rule itself (with the daily profile), so the plan stops there.
+        last = data_support(state.idle_hist, state.idle_oob)
         host_th = self._host_threshold(context)
         hot = hazard >= self.hot_threshold_for(context)
         hot[0] = False
+        hot[last + 1:] = False
         host = (hazard >= host_th) & ~hot
         host[0] = False
-        # The support ends where no observed idle time (blurred) reaches: past it, the
-        # daily profile (or nothing) speaks.
-        support = np.flatnonzero(hazard > 0)
-        last = int(support[-1]) if support.size else 0
+        host[last + 1:] = False
         predicted = None
         if hot[1:].any():
             predicted = float(np.argmax(hot[1:]) + 1)
@@ -244,30 +190,38 @@ class WarmstartPolicy(Policy):
             plan = self.replan(context, state, now_min)
         idle_min = now_min + 1 - state.last_arrival_min
         if plan["mode"] == "ski-rental":
-            prob = first_gap_prob(idle_min)
-            if prob >= self.hot_threshold_for(context):
-                return Decision(Tier.HOT, prob, None, "ski-rental")
-            daily = self._daily(context, state, now_min, "ski-rental-expired")
-            if daily.tier != Tier.DISK:
-                return daily
-            # Nothing learned yet and a host copy is cheap: hold it over the histogram range.
-            prob = max(prob, daily.arrival_prob)
-            if idle_min < IDLE_BINS:
-                return Decision(Tier.HOST, prob, None, "ski-rental-host")
-            return Decision(Tier.DISK, prob, None, daily.reason)
+            return self._first_gap(context, state, now_min, idle_min, "ski-rental")
+        if idle_min > plan["support_min"]:
+            if state.idle_oob:  # idle times past the histogram: the daily profile knows more
+                return self._daily(context, state, now_min, "beyond-support")
+            # Longer than any idle time seen: the hazard is the first-gap rule again.
+            return self._first_gap(context, state, now_min, idle_min, "beyond-support")
         predicted = plan.get("predicted_idle_min")
         next_min = None if predicted is None else state.last_arrival_min + predicted
-        probs = plan["prob"]
-        prob = probs[idle_min] if idle_min < len(probs) else 0.0
+        prob = plan["prob"][idle_min]
         for lo, hi in plan["hot"]:
             if lo <= idle_min <= hi:
                 return Decision(Tier.HOT, prob, next_min, "hazard")
-        if idle_min <= plan["support_min"]:
-            for lo, hi in plan["host"]:
-                if lo <= idle_min <= hi:
-                    return Decision(Tier.HOST, prob, next_min, "hazard-host")
-            return Decision(Tier.DISK, prob, next_min, "hazard-unlikely")
-        return self._daily(context, state, now_min, "beyond-support")
+        for lo, hi in plan["host"]:
+            if lo <= idle_min <= hi:
+                return Decision(Tier.HOST, prob, next_min, "hazard-host")
+        return Decision(Tier.DISK, prob, next_min, "hazard-unlikely")
+
+    def _first_gap(self, context: ModelContext, state: TrafficState, now_min: int,
+                   idle_min: int, tag: str) -> Decision:
+        """The decision when nothing in the idle-time data reaches ``idle_min``: the
+        ski-rental hold on ``1/(d + 1)``, then the daily profile, then HOST over the
+        histogram range (a host copy is cheap), then DISK."""
+        prob = first_gap_prob(idle_min)
+        if prob >= self.hot_threshold_for(context):
+            return Decision(Tier.HOT, prob, None, tag)
+        daily = self._daily(context, state, now_min, tag + "-expired")
+        if daily.tier != Tier.DISK:
+            return daily
+        prob = max(prob, daily.arrival_prob)
+        if idle_min < IDLE_BINS:
+            return Decision(Tier.HOST, prob, None, tag + "-host")
+        return Decision(Tier.DISK, prob, None, daily.reason)
 
     def _daily(self, context: ModelContext, state: TrafficState, now_min: int,
                reason: str) -> Decision:

@@ -9,6 +9,7 @@ import pytest
 from warmstart.infra.errors import SchedulerError
 from warmstart.scheduler.policies import ModelContext, Tier, TrafficState, make_policy
 from warmstart.scheduler.policies.hybrid import histogram_windows
+from warmstart.scheduler.policies.hazard import data_support, first_gap_prob
 from warmstart.scheduler.policies.warmstart import idle_hazard
 
 
@@ -149,13 +150,70 @@ def test_warmstart_arrival_prob_is_the_hazard_of_that_minute() -> None:
         decision, state = policy.step(ModelContext("m"), state, minute, 0)
         got[minute + 1 - 100] = decision
     hot = [d for d, dec in got.items() if dec.tier == Tier.HOT]
-    assert 1 in hot and 4 not in hot and {15, 30, 31} <= set(hot)
+    assert {1, 15, 30} <= set(hot)
     for d, dec in got.items():
-        assert dec.arrival_prob == pytest.approx(hazard[d], rel=1e-5), d
-    # (8 + h̄(1)) / (10 + 1), h̄(1) = 8 events / 12 minutes at risk over the window [1, 2].
-    assert got[1].arrival_prob == pytest.approx((8 + 8 / 12) / 11, rel=1e-5)
+        if d <= 30:  # up to the longest idle time seen; past it, the first-gap rule
+            assert dec.arrival_prob == pytest.approx(hazard[d], rel=1e-5), d
+    # (8 + h̄(1) + n₀(1)) / (10 + 1 + R₀(1)): h̄(1) = 8 events / 12 minutes at risk over the
+    # window [1, 2]; the first-gap prior puts 1/2 of its idle time at 1 and 1 at risk.
+    assert got[1].arrival_prob == pytest.approx((8 + 8 / 12 + 1 / 2) / 12, rel=1e-5)
     # One HOT window from 15 on: its first minutes are far less likely than its 30th.
     assert got[15].arrival_prob < 0.02 and got[30].arrival_prob > 0.6
+
+
+def test_hazard_without_data_is_the_first_gap_rule() -> None:
+    hazard = idle_hazard([0] * 240, 0)
+    assert hazard[0] == 0.0
+    for d in (1, 2, 10, 239):
+        assert hazard[d] == pytest.approx(first_gap_prob(d))
+    assert data_support([0] * 240, 0) == 0
+
+
+def test_hazard_past_the_longest_idle_time_is_the_first_gap_rule() -> None:
+    hist = [0] * 240
+    hist[10] = 5
+    hazard = idle_hazard(hist, 0)
+    assert data_support(hist, 0) == 10
+    assert hazard[10] > 0.8  # five out of five idle times ended there
+    for d in (11, 20, 100):
+        assert hazard[d] == pytest.approx(1 / (d + 1))
+    assert data_support(hist, 1) == 239  # an idle time past the range: at risk everywhere
+
+
+def test_warmstart_trusts_a_gap_only_after_seeing_it_often() -> None:
+    """Two half-hour idle times do not show that the model stays away for 5 minutes; twenty
+    do. The prior (one pseudo idle time) weighs against the data at risk."""
+    policy = make_policy("warmstart")
+    ctx = ModelContext("m")
+    theta = policy.hot_threshold_for(ctx)
+    few, many = [0] * 240, [0] * 240
+    few[30], many[30] = 2, 20
+    assert idle_hazard(few, 0)[5] >= theta > idle_hazard(many, 0)[5]
+    assert idle_hazard(many, 0)[30] > 0.9
+    for hist, hot_at_5 in ((few, True), (many, False)):
+        state = TrafficState(idle_hist=hist, last_arrival_min=0, first_observed_min=0,
+                             last_observed_min=0)
+        plan = policy.replan(ctx, state, 0)
+        state.plan = plan
+        assert (policy.decide(ctx, state, 4).tier == Tier.HOT) is hot_at_5
+        assert policy.decide(ctx, state, 29).tier == Tier.HOT
+
+
+def test_warmstart_holds_b_minutes_past_the_longest_idle_time() -> None:
+    """A 3-minute timer that misses: past 3 minutes the data say nothing, and the model gets
+    the first gap's ski-rental hold (HOT while 1/(d + 1) >= 1/(1 + B)), then HOST."""
+    arrivals = {m: 1 for m in range(0, 300, 3)}
+    held, _ = run("warmstart-10", arrivals, 330)
+    last = 297
+    assert [d for d in range(1, 4) if held[last + d] == Tier.HOT] == [3]
+    assert all(held[last + d] == Tier.HOT for d in range(4, 11))
+    assert held[last + 11] == Tier.HOST and held[last + 30] == Tier.HOST
+    policy = make_policy("warmstart-10")
+    _, state = run("warmstart-10", arrivals, 300)
+    for minute in range(300, 306):  # the last decision is for minute 306, idle 9 minutes
+        decision, state = policy.step(ModelContext("m"), state, minute, 0)
+    assert (decision.tier, decision.reason) == (Tier.HOT, "beyond-support")
+    assert decision.arrival_prob == pytest.approx(first_gap_prob(306 - last))
 
 
 def test_warmstart_rebuilds_a_plan_stored_without_probabilities() -> None:
