@@ -115,6 +115,48 @@ def batch_bench(clients: int, requests: int, max_wait_ms: float, seq: int, json_
         click.echo(f"wrote {json_path}", err=True)
 
 
+@bench.command("autoscale")
+@click.option("--mode", "modes", type=click.Choice(["predictive", "reactive", "fixed"]), multiple=True,
+              help="Modes to run (repeatable; default: all three, same traffic).")
+@click.option("--minute-s", type=click.FloatRange(min=0.5), default=2.0, show_default=True,
+              help="Wall-clock seconds of one traffic minute.")
+@click.option("--night-min", type=click.IntRange(min=1), default=30, show_default=True, help="Quiet minutes before the surge.")
+@click.option("--surge-min", type=click.IntRange(min=1), default=8, show_default=True, help="Minutes of surge.")
+@click.option("--after-min", type=click.IntRange(min=0), default=8, show_default=True, help="Quiet minutes after it.")
+@click.option("--night-rate", type=click.FloatRange(min=0, min_open=True), default=2.0, show_default=True,
+              help="Requests per second at night.")
+@click.option("--surge-factor", type=click.FloatRange(min=1), default=10.0, show_default=True,
+              help="The surge's rate as a multiple of the night's.")
+@click.option("--max-workers", type=click.IntRange(min=1, max=8), default=3, show_default=True)
+@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Parent of the run's temporary directory (default: the system temp dir).")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also draw workers and tiers over time, per mode, to this PNG.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the result as JSON to this file.")
+def autoscale_bench(modes: tuple[str, ...], minute_s: float, night_min: int, surge_min: int, after_min: int,
+                    night_rate: float, surge_factor: float, max_workers: int, workdir: Path | None,
+                    plot_path: Path | None, json_path: Path | None) -> None:
+    """Autoscaling ahead of a surge: the local scaler following desired_workers (predictive)
+    against a queue-length scaler with lazy workers (reactive) and the most workers all day
+    (fixed), on the same compressed day. Starts its own redis-server, S3 and workers."""
+    from warmstart.bench.autoscale import MODES, DayShape
+    from warmstart.bench.autoscale_report import autoscale_tables, plot_autoscale
+    from warmstart.bench.autoscale_run import AutoscaleBenchConfig, run_autoscale_benchmark
+    from warmstart.bench.report import environment, print_tables, write_json
+
+    shape = DayShape(minute_s, night_min, surge_min, after_min, night_rate, surge_factor)
+    config = AutoscaleBenchConfig(shape=shape, modes=modes or MODES, max_workers=max_workers, workdir=workdir)
+    result = run_autoscale_benchmark(config, say=lambda line: click.echo(line, err=True))
+    result["environment"] = environment()
+    print_tables(autoscale_tables(result))
+    if plot_path is not None:
+        click.echo(f"wrote {plot_autoscale(result, plot_path)}", err=True)
+    if json_path is not None:
+        write_json(json_path, result)
+        click.echo(f"wrote {json_path}", err=True)
+
+
 @bench.command("plan")
 @click.option("--models", type=click.IntRange(min=1), default=10_000, show_default=True, help="Models in the fleet.")
 @click.option("--workers", type=click.IntRange(min=1), default=100, show_default=True, help="Live workers.")

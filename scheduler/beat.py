@@ -270,6 +270,9 @@ class BeatScheduler:
             load = _load(state, now_min, self.settings.traffic_minute_s, view.service_s.get(model, 0.0))
             demands.append(ModelDemand(model, decision.tier, decision.arrival_prob, eager=model in eager, load=load))
             report.decisions[model].update(tier=decision.tier.name, arrival_prob=round(decision.arrival_prob, 4))
+        expected = self.scale.prepare(catalog, costs, now_min)  # the daily pattern over the lead time
+        if self.settings.profile == "prod" and expected:
+            demands = [self._pattern_prewarm(d, report) if d.model in expected else d for d in demands]
         result = plan(demands, workers, costs, PlanConfig(profile=self.settings.profile, now_min=now_min))
         self._rescue_stranded(catalog, report)
         report.unplaced = list(result.unplaced)
@@ -294,6 +297,13 @@ class BeatScheduler:
             return decision
         report.decisions[context.model]["request_hold"] = True
         return replace(hold, reason=f"request-hold:{hold.reason}")
+
+    @staticmethod
+    def _pattern_prewarm(demand: ModelDemand, report: TickReport) -> ModelDemand:
+        """HOT ahead of the arrivals the earlier days saw at this time (``prod``): the workers
+        the scaling signal adds for them join with the model HOT (``scale_signal.prepare``)."""
+        report.decisions[demand.model].update(tier=Tier.HOT.name, pattern_prewarm=True)
+        return replace(demand, tier=Tier.HOT, arrival_prob=max(demand.arrival_prob, 0.5), expected=True)
 
     def _dispatch(self, result: Plan, workers: list[WorkerState], report: TickReport, now_s: float) -> None:
         current = {w.name: {m: Tier.parse(t).name for m, t in w.tiers.items()} for w in workers if w.alive}

@@ -57,6 +57,9 @@ class ModelDemand:
         tier: the tier the policy wants the model at (REMOTE = may be dropped).
         arrival_prob: probability of an arrival in the next minute (0..1).
         eager: pre-warm before any traffic (placed HOT in ``prod`` whenever it fits).
+        expected: the recorded daily pattern expects arrivals within the lead time: its
+            first copy ranks with eager first copies, ahead of eager replicas (a replica is
+            for a failover, the first copy serves the arrivals that are coming).
         load: measured busy seconds per second (arrivals per second × service seconds);
             more than one worker's ``worker_capacity`` asks for more HOT replicas.
     """
@@ -66,6 +69,7 @@ class ModelDemand:
     arrival_prob: float = 0.0
     eager: bool = False
     load: float = 0.0
+    expected: bool = False
 
 
 @dataclass(frozen=True)
@@ -224,7 +228,7 @@ def plan(demands: list[ModelDemand], workers: list[WorkerState],
     for tier in _PLACED_TIERS:
         colder = TIER_ORDER[_RANK[tier] + 1]
 
-        def score(entry: tuple[ModelDemand, int]) -> tuple[int, int, int, float]:
+        def score(entry: tuple[ModelDemand, int]) -> tuple[int, int, int, int, float]:
             d, copy = entry
             c = costs[d.model]
             value = c.value_per_byte(tier, max(d.arrival_prob, 1e-12), colder)
@@ -235,8 +239,11 @@ def plan(demands: list[ModelDemand], workers: list[WorkerState],
                 since = since_of.get((held[0], d.model))
                 if since is not None and cfg.now_min - since < cfg.min_residency_min:
                     pinned = 1
-            eager = int(d.eager and cfg.profile == "prod")
-            return (eager, int(copy == 0), pinned, value)
+            # First copies of the eager and the expected models, then eager replicas, then
+            # the rest; within each, pinned models, then value per byte.
+            eager = d.eager and cfg.profile == "prod"
+            first = copy == 0
+            return (int(eager or (d.expected and first)), int(first), int(eager), pinned, value)
 
         wanting = [by_model[m] for m, t in targets.items()
                    if m not in placement and _RANK[t] <= _RANK[tier]]

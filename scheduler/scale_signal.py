@@ -28,7 +28,9 @@ from warmstart.infra.errors import WarmstartError
 from warmstart.infra.redis_client import key, redis_errors
 from warmstart.infra.settings import Settings
 from warmstart.infra.tiers import Tier
-from warmstart.scheduler.scaling import DAY_MIN, ModelLoad, ScaleConfig, ScaleDecision, desired_workers, forecast, step_down
+from warmstart.scheduler.scaling import (
+    DAY_MIN, ModelLoad, ScaleConfig, ScaleDecision, daily_mean, desired_workers, expected_by_pattern, forecast, step_down,
+)
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +76,7 @@ class ScaleSignal:
         self.leaving: set[str] = set()  # chosen or asked: the planner places on none of them
         self.asked: set[str] = set()  # asked to leave (`warmstart drain`): removed first
         self.lead_min = 0
+        self._forecasts: dict[str, list[float]] | None = None  # per tick, from prepare()
 
     def refresh_leaving(self) -> set[str]:
         """Read the workers to keep models off (kept as they were when Redis fails)."""
@@ -84,39 +87,65 @@ class ScaleSignal:
             log.warning("could not read the draining workers (%s); using the last read", e)
         return self.leaving
 
+    def prepare(self, catalog: Mapping[str, int], costs: Mapping[str, Any], now_min: int) -> set[str]:
+        """Read each model's recent and daily traffic over the lead window (kept for
+        :meth:`update`); the models the daily pattern expects in that window, for the beat
+        to pre-warm (:func:`~warmstart.scheduler.scaling.expected_by_pattern`). An empty set
+        (and no forecast) when Redis fails: the tick goes on."""
+        minute_s = self.settings.traffic_minute_s
+        # The lead time: a worker started now, then the slowest model's way to HOT, and one
+        # minute more: the current minute is partly gone, and the minute ``lead`` ahead must
+        # be seen at least the lead time before it starts.
+        to_hot_s = max((costs[m].to_hot_s.get("REMOTE", 0.0) for m in catalog if m in costs), default=0.0)
+        self.lead_min = 1 + max(1, math.ceil((self.settings.scale_worker_start_s + to_hot_s) / minute_s))
+        window = self.lead_min + 1
+        self._forecasts = {}
+        expected: set[str] = set()
+        try:
+            for model in catalog:
+                recent = self.traffic.minute_counts(model, now_min - RECENT_MIN, now_min)
+                history: dict[int, int] = {}
+                for day in range(1, HISTORY_DAYS + 1):
+                    start = now_min - day * DAY_MIN
+                    history.update(self.traffic.minute_counts(model, start, start + window))
+                self._forecasts[model] = forecast(recent, history, now_min, window, RECENT_MIN, HISTORY_DAYS)
+                if expected_by_pattern(daily_mean(history, now_min, window, HISTORY_DAYS)):
+                    expected.add(model)
+        except WarmstartError as e:
+            log.error("traffic unreadable for the forecast (%s); no pattern pre-warm this tick", e)
+            self._forecasts = None
+            return set()
+        return expected
+
     def update(self, view: Any, catalog: Mapping[str, int], demands: Sequence[Any], costs: Mapping[str, Any], now_min: int) -> ScaleDecision | None:
         """One tick's decision, published; None (and the last decision kept) when it fails."""
         try:
-            decision = self._decide(view, catalog, demands, costs, now_min)
+            if self._forecasts is None:
+                self.prepare(catalog, costs, now_min)
+            if self._forecasts is None:
+                raise WarmstartError("the traffic could not be read")
+            decision = self._decide(view, catalog, demands)
             self._publish(decision, view)
         except WarmstartError as e:
             log.error("desired_workers not updated (the last decision stands): %s", e)
             return None
+        finally:
+            self._forecasts = None  # read again next tick
         self.last = decision
         self.gauge.labels(POOL).set(decision.workers)
         return decision
 
-    def _decide(self, view: Any, catalog: Mapping[str, int], demands: Sequence[Any], costs: Mapping[str, Any], now_min: int) -> ScaleDecision:
+    def _decide(self, view: Any, catalog: Mapping[str, int], demands: Sequence[Any]) -> ScaleDecision:
         minute_s = self.settings.traffic_minute_s
         eager = self.settings.profile == "prod"
         hot = {d.model for d in demands if d.tier == Tier.HOT or (eager and d.eager)}
-        to_hot_s = max((costs[m].to_hot_s.get("REMOTE", 0.0) for m in hot if m in costs), default=0.0)
-        lead_min = max(1, math.ceil((self.settings.scale_worker_start_s + to_hot_s) / minute_s))
-        window = lead_min + 1
-        loads = []
-        for model, size in catalog.items():
-            recent = self.traffic.minute_counts(model, now_min - RECENT_MIN, now_min)
-            history: dict[int, int] = {}
-            for day in range(1, HISTORY_DAYS + 1):
-                start = now_min - day * DAY_MIN
-                history.update(self.traffic.minute_counts(model, start, start + window))
-            loads.append(ModelLoad(model, forecast(recent, history, now_min, window, RECENT_MIN, HISTORY_DAYS),
-                                   view.service_s.get(model, 0.0) if hasattr(view, "service_s") else 0.0,
-                                   size, model in hot))  # fmt: skip
+        forecasts = self._forecasts or {}
+        loads = [ModelLoad(model, forecasts.get(model, []), view.service_s.get(model, 0.0) if hasattr(view, "service_s") else 0.0,
+                           size, model in hot) for model, size in catalog.items()]  # fmt: skip
         budgets = [w.device_budget_bytes for w in view.workers if w.alive and w.device_budget_bytes > 0]
         config = ScaleConfig(
             self.settings.scale_min_workers, self.settings.scale_max_workers, self.settings.worker_concurrency,
-            min(budgets) if budgets else self.settings.device_budget_bytes, minute_s, lead_min,
+            min(budgets) if budgets else self.settings.device_budget_bytes, minute_s, self.lead_min,
             self.settings.scale_target_utilization,
         )  # fmt: skip
         decision = desired_workers(loads, config)
@@ -125,7 +154,6 @@ class ScaleSignal:
         if previous is None:  # a beat that just took over: the published value, else the workers there are
             stored = read_desired(self.client)
             previous = int(stored["workers"]) if stored else len(live)
-        self.lead_min = lead_min
         if not self.settings.scale_drain:
             # Nobody empties workers ahead of removal here: the signal says how many are
             # needed, and whoever removes one hands its models over first (preStop drain).

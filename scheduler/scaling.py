@@ -11,7 +11,9 @@
 
 The forecast for a minute is the larger of the recent rate (the mean of the last completed
 minutes) and the mean of the same minute on earlier days (the recorded daily pattern), so
-the signal rises *before* a surge that earlier days saw at this time, by the lead time.
+the signal rises *before* a surge that earlier days saw at this time, by the lead time. A
+model the pattern expects within the lead window (:func:`expected_by_pattern`) is also
+pre-warmed by the beat, so the workers that join for a surge join with its models HOT.
 
 It falls only by hand-over (:func:`step_down`): the workers to remove are chosen (those
 holding the fewest HOT models), and the signal drops only once every model HOT on them is
@@ -86,9 +88,25 @@ class ScaleDecision:
     held: bool = False  # the signal wanted to fall and waits for a hand-over
 
 
+def daily_mean(history: Mapping[int, int], now_min: int, minutes: int, days: int = 7) -> list[float]:
+    """The recorded daily pattern: for minutes ``now_min .. now_min + minutes - 1``, the mean
+    count of the same minute on the earlier days that recorded anything that day (a day with
+    no record is unknown, not zero).
+
+    Args:
+        history: counts of earlier days' minutes, by minute (``m - d × 1440``).
+        days: how many earlier days to look back.
+    """
+    seen = [d for d in range(1, days + 1) if any(now_min - d * DAY_MIN <= m < now_min - d * DAY_MIN + DAY_MIN for m in history)]
+    if not seen:
+        return [0.0] * minutes
+    return [sum(history.get(now_min + k - d * DAY_MIN, 0) for d in seen) / len(seen) for k in range(minutes)]
+
+
 def forecast(recent: Mapping[int, int], history: Mapping[int, int], now_min: int, minutes: int,
              recent_min: int = 3, days: int = 7) -> list[float]:
-    """Predicted arrivals for minutes ``now_min .. now_min + minutes - 1``.
+    """Predicted arrivals for minutes ``now_min .. now_min + minutes - 1``: the larger of the
+    recent rate and the daily pattern (:func:`daily_mean`).
 
     Args:
         recent: counts of the minutes before ``now_min`` (completed), by minute.
@@ -97,13 +115,17 @@ def forecast(recent: Mapping[int, int], history: Mapping[int, int], now_min: int
         days: how many earlier days to average (only those with any recorded minute count).
     """
     rate = sum(recent.get(now_min - 1 - i, 0) for i in range(recent_min)) / recent_min if recent_min else 0.0
-    seen_days = [d for d in range(1, days + 1) if any(now_min - d * DAY_MIN <= m < now_min - d * DAY_MIN + DAY_MIN for m in history)]
-    result = []
-    for k in range(minutes):
-        minute = now_min + k
-        daily = sum(history.get(minute - d * DAY_MIN, 0) for d in seen_days) / len(seen_days) if seen_days else 0.0
-        result.append(max(rate, daily))
-    return result
+    return [max(rate, daily) for daily in daily_mean(history, now_min, minutes, days)]
+
+
+def expected_by_pattern(daily: Sequence[float]) -> bool:
+    """Whether the daily pattern expects at least one arrival over ``daily`` (the lead window):
+    the model is then pre-warmed before it, as a worker joining for it is.
+
+    One expected arrival is the natural line: below it, the earlier days more often saw none
+    than one in that window, and a pre-warm would more often be waste than a saved cold start.
+    """
+    return sum(daily) >= 1.0
 
 
 def desired_workers(loads: Sequence[ModelLoad], config: ScaleConfig) -> ScaleDecision:

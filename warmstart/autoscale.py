@@ -10,6 +10,9 @@ draining, else the newest; first ``hand_over`` (its HOT models HOT elsewhere, bo
 SIGTERM (Celery's warm shutdown: running requests finish, prefetched ones go back). A signal
 that cannot be read keeps the last good target; a worker that does not register within
 ``ready_timeout_s`` is logged and stopped.
+
+The target can come from elsewhere (``target=``, a function returning a worker count or None
+for "unknown"): the autoscale benchmark drives a queue-length scaler through the same code.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from warmstart.infra.errors import SettingsError, WarmstartError
 from warmstart.infra.redis_client import connect, redis_errors
@@ -32,7 +35,9 @@ class LocalScaler:
     """Starts and drains local worker processes to follow ``desired_workers``."""
 
     def __init__(self, redis_url: str, min_workers: int, max_workers: int, worker_settings: Mapping[str, object],
-                 prefix: str = "auto", drain_timeout_s: float = 60.0, ready_timeout_s: float = 120.0) -> None:
+                 prefix: str = "auto", drain_timeout_s: float = 60.0, ready_timeout_s: float = 120.0,
+                 target: Callable[[], int | None] | None = None, hand_over_first: bool = True,
+                 concurrency: int | None = None) -> None:
         if min_workers < 0 or min_workers > max_workers:
             raise SettingsError(f"autoscale: --min {min_workers} must be between 0 and --max {max_workers}")
         self.client = connect(redis_url)
@@ -46,17 +51,25 @@ class LocalScaler:
         self._serial = 0
         self.target = min_workers
         self.history: list[tuple[float, int, int]] = []  # (time, target, workers)
+        self.lifetimes: dict[str, list[float | None]] = {}  # worker -> [started, stopped] (time.time())
+        self._target_source = target
+        self.hand_over_first = hand_over_first
+        self.concurrency = concurrency
         self._stop = threading.Event()
 
     def read_target(self) -> int:
         """The signal clamped to ``[min, max]``; the last good target when it cannot be read."""
         try:
-            desired = read_desired(self.client)
+            if self._target_source is not None:
+                wanted = self._target_source()
+            else:
+                desired = read_desired(self.client)
+                wanted = None if desired is None else int(desired["workers"])
         except WarmstartError as e:
-            log.error("autoscale: cannot read desired_workers (%s); keeping %d", e, self.target)
+            log.error("autoscale: cannot read the target (%s); keeping %d", e, self.target)
             return self.target
-        if desired is not None:
-            self.target = max(self.min_workers, min(self.max_workers, int(desired["workers"])))
+        if wanted is not None:
+            self.target = max(self.min_workers, min(self.max_workers, wanted))
         return self.target
 
     def step(self) -> None:
@@ -72,8 +85,9 @@ class LocalScaler:
     def _start(self) -> None:
         self._serial += 1
         name = f"{self.prefix}-{self._serial}"
-        worker = WorkerProcess(name, self.worker_settings)
+        worker = WorkerProcess(name, self.worker_settings, **({"concurrency": self.concurrency} if self.concurrency else {}))
         worker.start()
+        self.lifetimes[name] = [time.time(), None]
         self.workers.append(worker)
         self._started_s[name] = time.monotonic()
         log.info("autoscale: started %s (%d workers)", name, len(self.workers))
@@ -97,7 +111,7 @@ class LocalScaler:
             chosen = set()
         ours = [w for w in self.workers if w.name in chosen] or self.workers[-1:]
         worker = ours[0]
-        pending = hand_over(self.client, self.registry, worker.name, self.drain_timeout_s)
+        pending = hand_over(self.client, self.registry, worker.name, self.drain_timeout_s) if self.hand_over_first else []
         if pending:
             log.warning("autoscale: %s stops with %s HOT nowhere else (drain timed out)", worker.name, pending)
         worker.stop()
@@ -108,6 +122,7 @@ class LocalScaler:
         self.workers.remove(worker)
         self._started_s.pop(worker.name, None)
         worker.close()
+        self.lifetimes[worker.name][1] = time.time()
 
     def run(self, interval_s: float = 1.0) -> None:
         """Step every ``interval_s`` until :meth:`stop`; then stop every worker."""

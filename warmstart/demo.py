@@ -9,6 +9,12 @@
    pattern compressed into the run (one traffic "minute" = one second).
 3. Report per profile and model: requests, cold starts, p50/p99 latency, memory used, and a
    plot of which model sat at which tier over time (``demo-out/tiers.png``).
+4. A surge: a quiet night, then ten times the traffic within one minute, bringing in the two
+   large models, at a time of day the earlier (recorded) days saw it. The local scaler
+   following the beat's ``desired_workers`` (workers join with the surge's models HOT) and,
+   on the same traffic, a queue-length scaler with lazy workers (``warmstart bench
+   autoscale``'s ``predictive`` and ``reactive`` modes, shortened); workers and tiers over
+   time in ``demo-out/surge.png``.
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ class DemoConfig:
     device_budget_bytes: int = 61 * MiB
     host_budget_bytes: int = 128 * MiB
     seed: int = 7
+    surge: bool = True  # step 4 (about three minutes)
 
 
 @dataclass
@@ -244,6 +251,23 @@ def _plot(runs: list[ProfileRun], names: list[str], path: Path) -> Path:
     return path
 
 
+def _surge_section(cfg: DemoConfig, console: Any) -> dict[str, Any]:
+    """Step 4: the autoscale benchmark's predictive and reactive modes on a short day."""
+    from warmstart.bench.autoscale import DayShape
+    from warmstart.bench.autoscale_report import autoscale_tables, plot_autoscale
+    from warmstart.bench.autoscale_run import AutoscaleBenchConfig, run_autoscale_benchmark
+    from warmstart.bench.report import print_tables
+
+    console.print("[bold]surge[/]: a quiet night, then 10x the traffic within one minute (predictive vs reactive scaling)")
+    shape = DayShape(minute_s=2.0, night_min=12, surge_min=5, after_min=3)
+    config = AutoscaleBenchConfig(shape=shape, modes=("predictive", "reactive"), seed=cfg.seed)
+    result = run_autoscale_benchmark(config, say=lambda line: console.print(line))
+    print_tables(autoscale_tables(result), console)
+    picture = plot_autoscale(result, cfg.out_dir / "surge.png")
+    console.print(f"wrote {picture}")
+    return {k: v for k, v in result.items() if k != "timelines"}
+
+
 def run_demo(cfg: DemoConfig | None = None) -> dict[str, Any]:
     """Run the whole demo; returns the report (also written to ``out_dir/report.json``)."""
     from rich.console import Console
@@ -302,6 +326,8 @@ def run_demo(cfg: DemoConfig | None = None) -> dict[str, Any]:
     plot = _plot(runs, names, cfg.out_dir / "tiers.png")
     report = {"restore": restore_rows, "profiles": summaries,
               "timeline": {r.profile: {"tiers": r.tiers, "usage": r.usage} for r in runs}}  # fmt: skip
+    if cfg.surge:
+        report["surge"] = _surge_section(cfg, console)
     (cfg.out_dir / "report.json").write_text(json.dumps(report, indent=2))
     console.print(f"wrote {cfg.out_dir / 'report.json'} and {plot}")
     return report

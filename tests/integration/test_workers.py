@@ -202,7 +202,8 @@ def test_a_request_that_kills_every_worker_is_given_up_after_max_deliveries(sett
     poison = client.submit("fragile", {"x": torch.full((1, 8), 666.0)})
     wait_for(lambda: not first.alive(), timeout_s=30)  # the first delivery killed it
 
-    second = start_worker("w-crash-2", **common)
+    # Not waited for: the redelivered request may kill it before its first heartbeat is seen.
+    second = start_worker("w-crash-2", wait=False, **common)
     wait_for(lambda: not second.alive(), timeout_s=60)  # the second delivery killed it too
 
     start_worker("w-crash-3", **common)  # the third is refused instead of run

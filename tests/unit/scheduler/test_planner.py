@@ -287,3 +287,7 @@ def test_a_replica_never_takes_the_room_of_another_models_only_copy() -> None:
     eager = [ModelDemand("e", Tier.REMOTE, 0.0, eager=True), ModelDemand("b", Tier.HOT, 0.5)]
     q = plan(eager, workers, costs, PlanConfig(profile="prod"))
     assert len(q.replicas["e"]) == 2 and q.placement["b"][1] != Tier.HOT
+    # ... unless the daily pattern expects the lazy one's arrivals: its first copy comes first.
+    coming = [ModelDemand("e", Tier.REMOTE, 0.0, eager=True), ModelDemand("b", Tier.HOT, 0.5, expected=True)]
+    r = plan(coming, workers, costs, PlanConfig(profile="prod"))
+    assert r.placement["b"][1] == Tier.HOT and len(r.replicas["e"]) == 1 and r.short_replicas == ["e"]

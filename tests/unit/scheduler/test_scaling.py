@@ -6,7 +6,9 @@ from __future__ import annotations
 import pytest
 
 from warmstart.infra.errors import SettingsError
-from warmstart.scheduler.scaling import DAY_MIN, ModelLoad, ScaleConfig, desired_workers, forecast, step_down
+from warmstart.scheduler.scaling import (
+    DAY_MIN, ModelLoad, ScaleConfig, daily_mean, desired_workers, expected_by_pattern, forecast, step_down,
+)
 
 GiB = 1024**3
 
@@ -23,6 +25,20 @@ def test_the_forecast_sees_yesterdays_surge_before_it_comes() -> None:
     recent = {now - 1: 10, now - 2: 10, now - 3: 10}
     assert forecast(recent, history, now, 4) == [10.0, 10.0, 900.0, 10.0]
     assert forecast({}, {}, now, 2) == [0.0, 0.0]
+
+
+def test_the_daily_mean_counts_only_days_that_recorded_something() -> None:
+    now = 3 * DAY_MIN + 600
+    # Day 1 recorded a quiet minute elsewhere in its window; day 3 recorded nothing at all.
+    history = {now + 1 - 2 * DAY_MIN: 6, now + 5 - DAY_MIN: 0}
+    assert daily_mean(history, now, 3, days=3) == [0.0, 3.0, 0.0]
+    assert daily_mean({}, now, 2) == [0.0, 0.0]
+
+
+def test_a_model_is_pre_warmed_when_the_pattern_expects_an_arrival_in_the_window() -> None:
+    assert expected_by_pattern([0.0, 0.5, 0.5])
+    assert not expected_by_pattern([0.3, 0.3, 0.3])
+    assert not expected_by_pattern([])
 
 
 def test_it_rises_by_the_lead_time_before_a_predicted_surge() -> None:
