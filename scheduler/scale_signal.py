@@ -93,11 +93,13 @@ class ScaleSignal:
         to pre-warm (:func:`~warmstart.scheduler.scaling.expected_by_pattern`). An empty set
         (and no forecast) when Redis fails: the tick goes on."""
         minute_s = self.settings.traffic_minute_s
-        # The lead time: a worker started now, then the slowest model's way to HOT, and one
-        # minute more: the current minute is partly gone, and the minute ``lead`` ahead must
-        # be seen at least the lead time before it starts.
+        # The lead time: a worker started now, two beat ticks (one to see it registered, one
+        # to dispatch its pre-warms), then the slowest model's way to HOT; and one minute
+        # more: the current minute is partly gone, and the minute ``lead`` ahead must be seen
+        # at least the lead time before it starts.
         to_hot_s = max((costs[m].to_hot_s.get("REMOTE", 0.0) for m in catalog if m in costs), default=0.0)
-        self.lead_min = 1 + max(1, math.ceil((self.settings.scale_worker_start_s + to_hot_s) / minute_s))
+        lead_s = self.settings.scale_worker_start_s + 2 * self.settings.plan_interval_s + to_hot_s
+        self.lead_min = 1 + max(1, math.ceil(lead_s / minute_s))
         window = self.lead_min + 1
         self._forecasts = {}
         expected: set[str] = set()
