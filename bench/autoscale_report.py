@@ -61,7 +61,7 @@ def plot_autoscale(result: dict[str, Any], path: Path) -> Path:
     c = result["config"]
     surge = (c["night_min"] * c["minute_s"], (c["night_min"] + c["surge_min"]) * c["minute_s"])
     timelines = result["timelines"]
-    models = sorted({m for t in timelines.values() for r in t["requests"] for m in [r["model"]]})
+    models = sorted({r["model"] for t in timelines.values() for r in t["requests"]})
     fig, axes = plt.subplots(len(timelines), 2, figsize=(13, 2.6 * len(timelines) + 0.6), squeeze=False,
                              gridspec_kw={"width_ratios": [1, 2]}, sharex=True)  # fmt: skip
     for row, (mode, timeline) in zip(axes, timelines.items()):

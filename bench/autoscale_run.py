@@ -87,11 +87,11 @@ def _settings(cfg: AutoscaleBenchConfig, redis_url: str, s3_url: str, cache_dir:
 class _Mode:
     """One mode's run: its scaler, beat, sender and sampler."""
 
-    def __init__(self, mode: str, cfg: AutoscaleBenchConfig, services: dict[str, str], root: Path, say: Say) -> None:
+    def __init__(self, mode: str, cfg: AutoscaleBenchConfig, services: dict[str, str], root: Path) -> None:
         from warmstart.infra.redis_client import connect
         from warmstart.workers.registry import WorkerRegistry
 
-        self.mode, self.cfg, self.say = mode, cfg, say
+        self.mode, self.cfg = mode, cfg
         profile = "dev" if mode == "reactive" else "prod"
         cache = root / f"cache-{mode}"
         shutil.rmtree(cache, ignore_errors=True)
@@ -261,7 +261,7 @@ def run_autoscale_benchmark(cfg: AutoscaleBenchConfig, say: Say = print) -> dict
         measured_start_s: float | None = None
         for mode in cfg.modes:
             redis_py.Redis.from_url(redis_server.url).flushdb()
-            run = _Mode(mode, cfg, services, root, say)
+            run = _Mode(mode, cfg, services, root)
             try:
                 say(f"{mode}: starting workers and the beat")
                 run.start(measured_start_s)

@@ -77,6 +77,7 @@ class ScaleSignal:
         self.asked: set[str] = set()  # asked to leave (`warmstart drain`): removed first
         self.lead_min = 0
         self._forecasts: dict[str, list[float]] | None = None  # per tick, from prepare()
+        self._prepared_min: int | None = None  # the tick prepare() last ran for
 
     def refresh_leaving(self) -> set[str]:
         """Read the workers to keep models off (kept as they were when Redis fails)."""
@@ -101,7 +102,7 @@ class ScaleSignal:
         lead_s = self.settings.scale_worker_start_s + 2 * self.settings.plan_interval_s + to_hot_s
         self.lead_min = 1 + max(1, math.ceil(lead_s / minute_s))
         window = self.lead_min + 1
-        self._forecasts = {}
+        self._prepared_min, self._forecasts = now_min, {}
         expected: set[str] = set()
         try:
             for model in catalog:
@@ -122,7 +123,7 @@ class ScaleSignal:
     def update(self, view: Any, catalog: Mapping[str, int], demands: Sequence[Any], costs: Mapping[str, Any], now_min: int) -> ScaleDecision | None:
         """One tick's decision, published; None (and the last decision kept) when it fails."""
         try:
-            if self._forecasts is None:
+            if self._prepared_min != now_min:  # not read yet this tick (once: a failure is not retried)
                 self.prepare(catalog, costs, now_min)
             if self._forecasts is None:
                 raise WarmstartError("the traffic could not be read")
@@ -132,7 +133,7 @@ class ScaleSignal:
             log.error("desired_workers not updated (the last decision stands): %s", e)
             return None
         finally:
-            self._forecasts = None  # read again next tick
+            self._forecasts, self._prepared_min = None, None  # read again next tick
         self.last = decision
         self.gauge.labels(POOL).set(decision.workers)
         return decision

@@ -17,18 +17,9 @@ from warmstart.scheduler.scale_signal import read_desired
 from warmstart.scheduler.scaling import DAY_MIN
 from warmstart.scheduler.traffic import TrafficRecorder
 from warmstart.workers.client import Client
+from tests.helpers import wait_for
 
 pytestmark = pytest.mark.integration
-
-
-def _until(predicate, timeout_s: float, what: str):  # noqa: ANN001
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"{what}: not within {timeout_s}s")
 
 
 def test_the_local_scaler_scales_up_ahead_of_a_surge_and_drains_with_nothing_lost(worker_settings, publish) -> None:
@@ -44,11 +35,11 @@ def test_the_local_scaler_scales_up_ahead_of_a_surge_and_drains_with_nothing_los
     ticker.start()
     scaling.start()
     try:
-        _until(lambda: beat.registry.hot_workers("surge-m") == ["as-1"], 90, "the first worker is warm")
+        wait_for(lambda: beat.registry.hot_workers("surge-m") == ["as-1"], 90, 0.2, "the first worker is warm")
         # Two days ago this time of day, a surge came a minute later (within the lead time).
         traffic = TrafficRecorder(beat.client, settings.traffic_retention_min, settings.traffic_minute_s)
         traffic.record("surge-m", 6000, now_s=time.time() - 2 * DAY_MIN * settings.traffic_minute_s + settings.traffic_minute_s)
-        _until(lambda: len(beat.registry.workers()[0]) == 2, 90, "a second worker, ahead of the surge")
+        wait_for(lambda: len(beat.registry.workers()[0]) == 2, 90, 0.2, "a second worker, ahead of the surge")
         assert read_desired(beat.client)["workers"] >= 2
 
         client = Client(settings)
@@ -58,7 +49,7 @@ def test_the_local_scaler_scales_up_ahead_of_a_surge_and_drains_with_nothing_los
         for name in beat.client.scan_iter("ws:traffic:surge-m:*"):
             beat.client.delete(name)
         pending += [client.submit("surge-m", {"x": x}) for x in xs[20:]]
-        _until(lambda: len(scaler.workers) == 1 and len(beat.registry.workers()[0]) == 1, 90, "drained to one worker")
+        wait_for(lambda: len(scaler.workers) == 1 and len(beat.registry.workers()[0]) == 1, 90, 0.2, "drained to one worker")
         answers = [p.get(timeout_s=60)["output"] for p in pending]
         assert len(answers) == 40
         assert [target for _, target, _ in scaler.history][-1] == 1

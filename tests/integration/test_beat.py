@@ -20,7 +20,7 @@ from warmstart.snapshot.stores import open_store_url
 from warmstart.snapshot.stores.s3 import S3Store
 from warmstart.scheduler.beat import BeatScheduler
 from warmstart.scheduler.traffic import TrafficRecorder
-from tests.integration.test_workers import wait_for
+from tests.helpers import wait_for
 from warmstart.workers.registry import WorkerRegistry
 
 pytestmark = pytest.mark.integration

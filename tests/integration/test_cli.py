@@ -11,7 +11,7 @@ import torch
 
 from warmstart.demo import DemoConfig, run_demo
 from warmstart.processes import settings_env
-from tests.integration.test_workers import wait_for
+from tests.helpers import wait_for
 from warmstart.workers.registry import WorkerRegistry
 from warmstart.infra.redis_client import connect
 

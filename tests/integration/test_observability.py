@@ -4,9 +4,6 @@ prometheus_client's own parser."""
 from __future__ import annotations
 
 import json
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -15,32 +12,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from warmstart.infra.services import free_port
 from warmstart.workers.client import Client
+from tests.helpers import http_get, wait_for
 
 pytestmark = pytest.mark.integration
 
 
-def _get(url: str) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read()
-    except OSError:
-        return 0, b""  # not listening yet
-
-
-def _wait(predicate, timeout_s: float = 60.0):  # noqa: ANN001
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"condition not met within {timeout_s}s")
-
-
 def _scrape(base: str) -> dict[tuple[str, frozenset], float]:
-    status, body = _get(base + "/metrics")
+    status, body = http_get(base + "/metrics")
     assert status == 200
     return {
         (s.name, frozenset(s.labels.items())): s.value
@@ -60,10 +38,10 @@ def test_a_live_worker_serves_metrics_and_is_ready_only_once_its_eager_model_is_
     base = f"http://127.0.0.1:{port}"
     start_worker("w-obs", profile="prod", eager_models=["eager-f"], metrics_port=port)
 
-    assert _wait(lambda: _get(base + "/healthz")[0] == 200)
-    _wait(lambda: _scrape(base).get(("warmstart_health_check_failures_total",
-                                     frozenset({"model": "eager-f", "worker": "w-obs"}.items())), 0) >= 1)  # fmt: skip
-    status, body = _get(base + "/readyz")
+    assert wait_for(lambda: http_get(base + "/healthz")[0] == 200, timeout_s=60)
+    wait_for(lambda: _scrape(base).get(("warmstart_health_check_failures_total",
+                                     frozenset({"model": "eager-f", "worker": "w-obs"}.items())), 0) >= 1, timeout_s=60)  # fmt: skip
+    status, body = http_get(base + "/readyz")
     assert status == 503
     details = json.loads(body)
     assert details["registered"] is True and details["eager_not_hot"][0]["model"] == "eager-f"
@@ -74,7 +52,7 @@ def test_a_live_worker_serves_metrics_and_is_ready_only_once_its_eager_model_is_
         torch.testing.assert_close(out, module(x))
 
     flag.unlink()
-    _wait(lambda: _get(base + "/readyz")[0] == 200)
+    wait_for(lambda: http_get(base + "/readyz")[0] == 200, timeout_s=60)
 
     samples = _scrape(base)
 
@@ -102,15 +80,15 @@ def test_a_live_beat_serves_its_lease_and_ticks_and_a_second_on_the_same_port_ex
     base = f"http://127.0.0.1:{port}"
     beat = ChildProcess(["beat", "--loglevel", "WARNING"], {**worker_settings, "plan_interval_s": 0.5, "metrics_port": port}).start()
     try:
-        _wait(lambda: _get(base + "/readyz")[0] == 200, timeout_s=30)
-        assert _get(base + "/healthz")[0] == 200
+        wait_for(lambda: http_get(base + "/readyz")[0] == 200, timeout_s=30)
+        assert http_get(base + "/healthz")[0] == 200
 
         def leading() -> dict | None:
             samples = _scrape(base)
             leader = [v for (name, _), v in samples.items() if name == "warmstart_beat_leader"]
             return samples if leader == [1.0] and samples[("warmstart_beat_tick_seconds_count", frozenset())] >= 2 else None
 
-        samples = _wait(leading, timeout_s=30)
+        samples = wait_for(leading, timeout_s=30)
         assert samples[("warmstart_beat_tick_failures_total", frozenset())] == 0
 
         second = ChildProcess(["beat"], {**worker_settings, "metrics_port": port}).start()

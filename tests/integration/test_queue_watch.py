@@ -19,7 +19,7 @@ from warmstart.scheduler.queue_watch import QueueWatcher
 from warmstart.scheduler.traffic import TrafficRecorder
 from warmstart.snapshot.stores import open_store
 from warmstart.workers.registry import WorkerRegistry
-from tests.integration.test_workers import wait_for
+from tests.helpers import wait_for
 
 pytestmark = pytest.mark.integration
 

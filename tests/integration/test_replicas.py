@@ -13,7 +13,7 @@ from warmstart.infra.settings import load_settings
 from warmstart.processes import ChildProcess
 from warmstart.workers.client import Client
 from warmstart.workers.registry import WorkerRegistry
-from tests.integration.test_workers import wait_for
+from tests.helpers import wait_for
 
 pytestmark = pytest.mark.integration
 

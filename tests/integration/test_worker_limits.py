@@ -16,7 +16,8 @@ from warmstart.infra.settings import MiB, load_settings
 from warmstart.workers.client import Client
 from warmstart.workers.registry import WorkerRegistry
 from warmstart.infra.redis_client import connect
-from tests.integration.test_workers import expected, wait_for
+from tests.helpers import wait_for
+from tests.integration.test_workers import expected
 
 pytestmark = pytest.mark.integration
 

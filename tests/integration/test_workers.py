@@ -12,19 +12,9 @@ from warmstart.infra.errors import InvalidInputError, NonFiniteOutputError, Payl
 from warmstart.infra.redis_client import connect
 from warmstart.workers.client import Client
 from warmstart.workers.registry import WorkerRegistry
+from tests.helpers import wait_for
 
 pytestmark = pytest.mark.integration
-
-
-def wait_for(predicate, timeout_s: float = 30.0, interval_s: float = 0.1):  # noqa: ANN001
-    """Poll until ``predicate()`` is truthy; its value, or AssertionError after the timeout."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval_s)
-    raise AssertionError(f"condition not met within {timeout_s}s")
 
 
 def expected(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:

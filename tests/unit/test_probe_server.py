@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import urllib.error
-import urllib.request
 
 import pytest
 from prometheus_client import CollectorRegistry, Counter
@@ -12,14 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from warmstart.infra.errors import ServiceError
 from warmstart.infra.http import ProbeServer
-
-
-def _get(url: str) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read()
+from tests.helpers import http_get
 
 
 def test_metrics_and_probes_are_served_and_a_port_in_use_is_a_typed_error() -> None:
@@ -32,16 +23,16 @@ def test_metrics_and_probes_are_served_and_a_port_in_use_is_a_typed_error() -> N
     }).start()  # fmt: skip
     base = f"http://127.0.0.1:{server.port}"
     try:
-        status, body = _get(base + "/metrics")
+        status, body = http_get(base + "/metrics")
         assert status == 200
         values = {s.name: s.value for f in text_string_to_metric_families(body.decode()) for s in f.samples}
         assert values["warmstart_things_total"] == 3
-        assert _get(base + "/healthz")[0] == 200
-        status, body = _get(base + "/readyz")
+        assert http_get(base + "/healthz")[0] == 200
+        status, body = http_get(base + "/readyz")
         assert status == 503 and json.loads(body) == {"ok": False, "why": "warming"}
         state["ready"] = True
-        assert _get(base + "/readyz")[0] == 200
-        assert _get(base + "/nothing")[0] == 404
+        assert http_get(base + "/readyz")[0] == 200
+        assert http_get(base + "/nothing")[0] == 404
         with pytest.raises(ServiceError, match="in use"):
             ProbeServer("127.0.0.1", server.port, registry, {})
     finally:
@@ -54,7 +45,7 @@ def test_a_probe_that_raises_answers_not_ok() -> None:
 
     server = ProbeServer("127.0.0.1", 0, CollectorRegistry(), {"/readyz": broken}).start()
     try:
-        status, body = _get(f"http://127.0.0.1:{server.port}/readyz")
+        status, body = http_get(f"http://127.0.0.1:{server.port}/readyz")
         assert status == 503 and "boom" in json.loads(body)["error"]
     finally:
         server.stop()
