@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -143,18 +144,45 @@ def autoscale_bench(modes: tuple[str, ...], minute_s: float, night_min: int, sur
     from warmstart.bench.autoscale import MODES, DayShape
     from warmstart.bench.autoscale_report import autoscale_tables, plot_autoscale
     from warmstart.bench.autoscale_run import AutoscaleBenchConfig, run_autoscale_benchmark
-    from warmstart.bench.report import environment, print_tables, write_json
 
     shape = DayShape(minute_s, night_min, surge_min, after_min, night_rate, surge_factor)
     config = AutoscaleBenchConfig(shape=shape, modes=modes or MODES, max_workers=max_workers, workdir=workdir)
     result = run_autoscale_benchmark(config, say=lambda line: click.echo(line, err=True))
+    _report(result, autoscale_tables, plot_autoscale, plot_path, json_path)
+
+
+def _report(result: dict[str, Any], tables: Any, plot: Any, plot_path: Path | None, json_path: Path | None) -> None:
+    """Add the environment, print the tables, draw the picture and write the JSON (each when asked)."""
+    from warmstart.bench.report import environment, print_tables, write_json
+
     result["environment"] = environment()
-    print_tables(autoscale_tables(result))
+    print_tables(tables(result))
     if plot_path is not None:
-        click.echo(f"wrote {plot_autoscale(result, plot_path)}", err=True)
+        click.echo(f"wrote {plot(result, plot_path)}", err=True)
     if json_path is not None:
         write_json(json_path, result)
         click.echo(f"wrote {json_path}", err=True)
+
+
+@bench.command("rollout")
+@click.option("--rate", type=click.FloatRange(min=1), default=20.0, show_default=True, help="Requests per second, all phases.")
+@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Parent of the run's temporary directory (default: the system temp dir).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the result as JSON to this file.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also draw which version answered over time, phase by phase, to this PNG.")
+def rollout_bench(rate: float, workdir: Path | None, json_path: Path | None, plot_path: Path | None) -> None:
+    """Rollouts under steady load on two workers and a beat: a good version (promoted), a bad
+    one (NaN on real inputs its goldens lack: must be rolled back before serving anyone), a
+    slow one (3x the work: rolled back), then the model's worker drained. Starts its own
+    redis-server, S3 and workers."""
+    from warmstart.bench.rollout import plot_rollout, rollout_tables
+    from warmstart.bench.rollout_run import RolloutBenchConfig, run_rollout_benchmark
+
+    result = run_rollout_benchmark(RolloutBenchConfig(rate_per_s=rate, workdir=workdir),
+                                   say=lambda line: click.echo(line, err=True))  # fmt: skip
+    _report(result, rollout_tables, plot_rollout, plot_path, json_path)
 
 
 @bench.command("plan")

@@ -32,6 +32,7 @@ TASK_KEEP_WARM = "warmstart.keep_warm"
 TASK_HEALTH_CHECK = "warmstart.health_check"
 TASK_STATUS = "warmstart.status"
 TASK_ECHO = "warmstart.echo"
+TASK_VERSION = "warmstart.version"
 
 #: Shared queue of lazy pre-warms: whichever worker has room takes it.
 PREWARM_QUEUE = "warmstart.prewarm"

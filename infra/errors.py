@@ -156,6 +156,12 @@ class UnknownModelError(WorkerError):
     code = "unknown_model"
 
 
+class UnknownWorkerError(WorkerError):
+    """Raised when a command names a worker that is not alive in the registry."""
+
+    code = "unknown_worker"
+
+
 class InvalidInputError(WorkerError):
     """Raised when inference inputs are malformed or disagree with the model's input spec."""
 
@@ -226,6 +232,13 @@ class TraceFormatError(SchedulerError):
     """Raised when a trace file does not have the Azure Functions trace columns."""
 
     code = "trace_format"
+
+
+class RolloutError(SchedulerError):
+    """Raised when a version cannot be made ready, moved to, or rolled out; what serves is
+    left as it was unless the message says otherwise."""
+
+    code = "rollout"
 
 
 def _all_error_types() -> dict[str, type[WarmstartError]]:

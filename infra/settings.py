@@ -95,6 +95,14 @@ class Settings(BaseSettings):
 
     # --- scheduler ------------------------------------------------------------------------
     plan_interval_s: float = Field(5.0, gt=0)
+    # How long a worker that starts while a beat plans waits for the planner's assignment
+    # before it warms its own eager models instead (workers/joining.py). None: two plan
+    # intervals and a second; 0: never wait.
+    join_wait_s: float | None = Field(None, ge=0, le=600)
+    # On SIGTERM a worker first hands its HOT models over (workers/handover.py) for at most
+    # this long, serving all the while, then stops taking requests and finishes what it runs.
+    # 0: stop at once. Keep it under the orchestrator's grace period (Kubernetes: 30 s default).
+    drain_grace_s: float = Field(20.0, ge=0, le=3600)
     # Without Redis keyspace notifications the beat polls the queue lengths this often.
     queue_poll_s: float = Field(0.2, gt=0)
     # The time unit of traffic recording and of the policies: one "minute" of the model.

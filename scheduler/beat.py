@@ -13,8 +13,11 @@ One tick:
    just warmed keeps at least its policy's first-gap hold (:mod:`warmstart.scheduler.holds`);
 5. plan placements by value per byte within each worker's budgets (dead workers' models
    are placed on live ones), with hysteresis;
-6. send ``prewarm`` / ``demote`` to the workers concerned (not again while one is in
-   flight), keep-warm pings for models that stay HOT, and a health-check fan-out.
+6. publish each worker's assignment in the planner's order (a joining worker warms it
+   before anything else, :mod:`warmstart.workers.joining`), then send ``prewarm`` /
+   ``demote`` to the workers concerned (not again while one is in flight), keep-warm pings
+   for models that stay HOT, and a health-check fan-out;
+7. advance each rollout in progress by one step (:mod:`warmstart.scheduler.rollout`).
 
 Beside the ticks, :meth:`BeatScheduler.run` runs a
 :class:`~warmstart.scheduler.queue_watch.QueueWatcher`: every request pushed onto an
@@ -62,6 +65,7 @@ from warmstart.scheduler.policies import ModelContext, TrafficState, make_policy
 from warmstart.infra.tiers import Tier, policy_tier
 from warmstart.scheduler.policies.base import Decision
 from warmstart.scheduler.queue_watch import QueueWatcher
+from warmstart.scheduler.rollout import RolloutDriver
 from warmstart.scheduler.traffic import TrafficRecorder
 from warmstart.snapshot.stores import open_store
 from warmstart.workers.registry import WorkerRegistry
@@ -99,6 +103,7 @@ class TickReport:
     dead_workers: list[str] = field(default_factory=list)
     unplaced: list[str] = field(default_factory=list)
     store_outage: str | None = None  # why the catalog is the last one read, when it is
+    rollouts: dict[str, str] = field(default_factory=dict)  # model -> phase, of rollouts in progress
 
 
 @dataclass
@@ -132,11 +137,13 @@ class BeatScheduler:
         self.lease = Lease(self.client, key("beat", "leader"), self.id)
         self._in_flight: dict[tuple[str, str], tuple[str, float]] = {}
         self._placed_at: dict[tuple[str, str], tuple[str, int]] = {}
+        self._warmed_at: dict[str, float] = {}  # model -> latest request warm-up seen (holds.py)
         self._last_keep_warm = -1e9
         self._last_health = -1e9
         self._stop = threading.Event()
         self.probes = BeatProbes(settings, BeatMetrics(self.id))  # metrics and probes (observe.py)
         self.scale = ScaleSignal(settings, self.client, self.traffic, self.probes.metrics.desired_workers)
+        self.rollouts = RolloutDriver(settings, self.client, self.app, self.registry)  # scheduler/rollout.py
         self._leader_until = 0.0
         #: Sees every request on the ``infer.*`` queues (started by :meth:`run`).
         self.watcher = QueueWatcher(
@@ -161,6 +168,7 @@ class BeatScheduler:
         """Give the lease up, if this beat still holds it (compare and delete)."""
         self._leader_until = 0.0
         self.lease.release()
+        self.registry.retire_planner(self.id)
 
     # --- inputs ---------------------------------------------------------------------------
 
@@ -255,6 +263,11 @@ class BeatScheduler:
             for model, size in view.sizes.items():
                 catalog.setdefault(model, size)
         self.watcher.set_catalog(catalog, current=self.catalog_reader.current)
+        # A request-warmed model keeps its hold when the worker that warmed it hands it over
+        # and leaves (the copy it handed over to was warmed by a plan, not by the request).
+        for model, at in view.warmed_at.items():
+            self._warmed_at[model] = max(at, self._warmed_at.get(model, 0.0))
+        self._warmed_at = {m: at for m, at in self._warmed_at.items() if m in catalog}
         reference = int(sum(catalog.values()) / len(catalog)) if catalog else None
         demands: list[ModelDemand] = []
         costs: dict[str, ModelCosts] = {}
@@ -265,8 +278,8 @@ class BeatScheduler:
             context = ModelContext(model=model, to_hot_s=to_hot, size_bytes=size, reference_bytes=reference)
             decision, state = self._demand(model, context, now_min)
             report.decisions[model] = {}
-            if model in view.warmed_at:
-                decision = self._request_hold(decision, state, context, view.warmed_at[model], now_min, report)
+            if model in self._warmed_at:
+                decision = self._request_hold(decision, state, context, self._warmed_at[model], now_min, report)
             load = _load(state, now_min, self.settings.traffic_minute_s, view.service_s.get(model, 0.0))
             demands.append(ModelDemand(model, decision.tier, decision.arrival_prob, eager=model in eager, load=load))
             report.decisions[model].update(tier=decision.tier.name, arrival_prob=round(decision.arrival_prob, 4))
@@ -275,6 +288,12 @@ class BeatScheduler:
             demands = [self._pattern_prewarm(d, report) if d.model in expected else d for d in demands]
         result = plan(demands, workers, costs, PlanConfig(profile=self.settings.profile, now_min=now_min))
         self._rescue_stranded(catalog, report)
+        # What each worker should hold, for a worker that joins to warm in this order first
+        # (workers/joining.py); the key expires with the lease, so a worker that starts
+        # without a planner warms its own eager list instead of waiting.
+        self.registry.publish_assignments(
+            {w: [(m, t.name) for m, t in entries] for w, entries in result.assigned.items()},
+            self.id, max(3 * self.settings.plan_interval_s, 5.0))
         report.unplaced = list(result.unplaced)
         self._dispatch(result, workers, report, now_s)
         for name in dead:
@@ -282,6 +301,7 @@ class BeatScheduler:
             self.registry.forget_worker(name)
         self._forget(set(dead), now_s)
         self._fan_out(result, alive, report)
+        report.rollouts = {r["model"]: r["phase"] for r in self.rollouts.tick()}
         self.scale.update(view, catalog, demands, costs, now_min)  # desired_workers (scale_signal.py)
         return report
 

@@ -144,6 +144,8 @@ class Plan:
         keep_warm_on: per model in ``keep_warm``, the workers whose HOT copy stays.
         unplaced: models that wanted a tier but fit nowhere.
         short_replicas: models that got fewer HOT copies than they wanted (room).
+        assigned: per live worker, its planned ``(model, tier)`` copies in the order they were
+            placed (warmest tier first, then rank): the order a joining worker warms them in.
     """
 
     actions: dict[str, list[Action]] = field(default_factory=dict)
@@ -153,6 +155,7 @@ class Plan:
     keep_warm_on: dict[str, list[str]] = field(default_factory=dict)
     unplaced: list[str] = field(default_factory=list)
     short_replicas: list[str] = field(default_factory=list)
+    assigned: dict[str, list[tuple[str, Tier]]] = field(default_factory=dict)
 
 
 def replicas_wanted(demand: ModelDemand, live_workers: int, config: PlanConfig) -> int:
@@ -224,6 +227,7 @@ def plan(demands: list[ModelDemand], workers: list[WorkerState],
     targets = {d.model: target(d) for d in demands}
     by_model = {d.model: d for d in demands}
     copies: dict[str, list[tuple[str, Tier]]] = {}
+    assigned: dict[str, list[tuple[str, Tier]]] = {w.name: [] for w in live}
     short: list[str] = []
     for tier in _PLACED_TIERS:
         colder = TIER_ORDER[_RANK[tier] + 1]
@@ -286,6 +290,7 @@ def plan(demands: list[ModelDemand], workers: list[WorkerState],
                 room[chosen].place(size, tier)
                 heapq.heappush(heap, (-room[chosen].free(tier), index[chosen], chosen))
                 copies.setdefault(d.model, []).append((chosen, tier))
+                assigned[chosen].append((d.model, tier))
                 placement.setdefault(d.model, (chosen, tier))
             else:
                 if copy > 0:
@@ -294,6 +299,7 @@ def plan(demands: list[ModelDemand], workers: list[WorkerState],
                     unplaced.append(d.model)
     result = _actions(live, current, copies, unplaced, cfg)
     result.placement = placement
+    result.assigned = assigned
     result.short_replicas = sorted(set(short))
     return result
 

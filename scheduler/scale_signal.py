@@ -7,7 +7,8 @@ Keys (under ``ws:``)::
                                         "lead_min", "held", "draining", "at"}
     scale:draining         SET    workers the signal chose to remove (the planner places their
                                   models elsewhere; the local scaler stops them)
-    scale:leaving          SET    workers that asked to leave (`warmstart drain`, a preStop)
+    scale:leaving          SET    workers that asked to leave (`warmstart drain`, SIGTERM, a
+                                  preStop; workers/handover.py)
 
 A Redis that refuses these keys is logged and the last good decision stands (the gauge keeps
 its value); the tick goes on.
@@ -28,6 +29,7 @@ from warmstart.infra.errors import WarmstartError
 from warmstart.infra.redis_client import key, redis_errors
 from warmstart.infra.settings import Settings
 from warmstart.infra.tiers import Tier
+from warmstart.workers.handover import LEAVING
 from warmstart.scheduler.scaling import (
     DAY_MIN, ModelLoad, ScaleConfig, ScaleDecision, daily_mean, desired_workers, expected_by_pattern, forecast, step_down,
 )
@@ -44,7 +46,6 @@ def desired_key(pool: str = POOL) -> str:
 
 
 DRAINING = key("scale", "draining")
-LEAVING = key("scale", "leaving")
 
 
 def read_desired(client: "redis.Redis[str]", pool: str = POOL) -> dict[str, Any] | None:
@@ -178,26 +179,3 @@ class ScaleSignal:
             if view.dead:
                 pipe.srem(LEAVING, *view.dead)
             pipe.execute()
-
-
-def hand_over(client: "redis.Redis[str]", registry: Any, worker: str, timeout_s: float, poll_s: float = 1.0) -> list[str]:
-    """Ask the beat to place ``worker``'s models elsewhere (``scale:leaving``) and wait until
-    each model HOT on it is HOT on another live worker, at most ``timeout_s``.
-
-    Returns:
-        The models not handed over in time (empty: done). With no other live worker there is
-        nobody to hand over to: it returns at once with every HOT model.
-
-    Raises:
-        StateUnavailableError: Redis failed.
-    """
-    with redis_errors(client, "marking the worker as leaving"):
-        client.sadd(LEAVING, worker)
-    deadline = time.monotonic() + timeout_s
-    while True:
-        pending = [m for m, s in registry.models_of(worker).items() if s.get("tier") == "HOT"]
-        pending = [m for m in pending if not [w for w in registry.hot_workers(m) if w != worker]]
-        others = [w for w in registry.workers()[0] if w != worker]
-        if not pending or not others or time.monotonic() >= deadline:
-            return pending
-        time.sleep(poll_s)

@@ -19,17 +19,21 @@ BUFFERED = "tests.models:build_buffered"
 
 
 class Tiny(nn.Module):
-    def __init__(self, features: int = 8, outputs: int = 4, delay_s: float = 0.0, crash_on: float | None = None) -> None:
+    def __init__(self, features: int = 8, outputs: int = 4, delay_s: float = 0.0, crash_on: float | None = None,
+                 nan_above: float | None = None) -> None:  # fmt: skip
         super().__init__()
         self.linear = nn.Linear(features, outputs)
         self.delay_s = delay_s
         self.crash_on = crash_on
+        self.nan_above = nan_above
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.delay_s:
             time.sleep(self.delay_s)  # stands for a slow model, so a test can kill mid-inference
         if self.crash_on is not None and bool((x == self.crash_on).any()):
             os.kill(os.getpid(), signal.SIGKILL)  # stands for an input that crashes the process
+        if self.nan_above is not None and bool((x.abs() > self.nan_above).any()):
+            return self.linear(x) * float("nan")  # a bad version: NaN on inputs its goldens lack
         return self.linear(x)
 
 
@@ -66,8 +70,9 @@ class Buffered(Tiny):
         self.register_buffer("table", torch.zeros(buffer_elems), persistent=False)
 
 
-def build_tiny(features: int = 8, outputs: int = 4, delay_s: float = 0.0, crash_on: float | None = None) -> nn.Module:
-    return Tiny(features, outputs, delay_s, crash_on)
+def build_tiny(features: int = 8, outputs: int = 4, delay_s: float = 0.0, crash_on: float | None = None,
+               nan_above: float | None = None) -> nn.Module:  # fmt: skip
+    return Tiny(features, outputs, delay_s, crash_on, nan_above)
 
 
 def build_flaky(flag_path: str, features: int = 8, outputs: int = 4) -> nn.Module:

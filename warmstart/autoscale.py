@@ -22,10 +22,11 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 
-from warmstart.infra.errors import SettingsError, WarmstartError
+from warmstart.infra.errors import SettingsError, UnknownWorkerError, WarmstartError
 from warmstart.infra.redis_client import connect, redis_errors
 from warmstart.processes import WorkerProcess
-from warmstart.scheduler.scale_signal import DRAINING, hand_over, read_desired
+from warmstart.scheduler.scale_signal import DRAINING, read_desired
+from warmstart.workers.handover import hand_over
 from warmstart.workers.registry import WorkerRegistry
 
 log = logging.getLogger(__name__)
@@ -111,7 +112,10 @@ class LocalScaler:
             chosen = set()
         ours = [w for w in self.workers if w.name in chosen] or self.workers[-1:]
         worker = ours[0]
-        pending = hand_over(self.client, self.registry, worker.name, self.drain_timeout_s) if self.hand_over_first else []
+        try:
+            pending = hand_over(self.client, self.registry, worker.name, self.drain_timeout_s) if self.hand_over_first else []
+        except UnknownWorkerError:
+            pending = []  # it never registered (or already left): it holds nothing to hand over
         if pending:
             log.warning("autoscale: %s stops with %s HOT nowhere else (drain timed out)", worker.name, pending)
         worker.stop()

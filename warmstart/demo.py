@@ -15,6 +15,11 @@
    on the same traffic, a queue-length scaler with lazy workers (``warmstart bench
    autoscale``'s ``predictive`` and ``reactive`` modes, shortened); workers and tiers over
    time in ``demo-out/surge.png``.
+5. A rollout under steady traffic on two workers and a beat (``warmstart bench rollout``'s
+   ``good`` and ``bad`` phases): a good version is staged, checked, replayed against recorded
+   requests and promoted with no cold start; a version that answers NaN on real inputs its
+   golden inputs lack is caught by the shadow replay and rolled back before it answers anyone;
+   which version answered, second by second, in ``demo-out/rollout.png``.
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ class DemoConfig:
     host_budget_bytes: int = 128 * MiB
     seed: int = 7
     surge: bool = True  # step 4 (about three minutes)
+    rollout: bool = True  # step 5 (about half a minute)
 
 
 @dataclass
@@ -268,6 +274,19 @@ def _surge_section(cfg: DemoConfig, console: Any) -> dict[str, Any]:
     return {k: v for k, v in result.items() if k != "timelines"}
 
 
+def _rollout_section(cfg: DemoConfig, console: Any) -> dict[str, Any]:
+    """Step 5: the rollout benchmark's good and bad phases."""
+    from warmstart.bench.report import print_tables
+    from warmstart.bench.rollout import plot_rollout, rollout_tables
+    from warmstart.bench.rollout_run import RolloutBenchConfig, run_rollout_benchmark
+
+    console.print("[bold]rollout[/]: a good version promoted, a bad one (NaN on real inputs) rolled back, under load")
+    result = run_rollout_benchmark(RolloutBenchConfig(phases=("good", "bad")), say=lambda line: console.print(line))
+    print_tables(rollout_tables(result), console)
+    console.print(f"wrote {plot_rollout(result, cfg.out_dir / 'rollout.png')}")
+    return {k: v for k, v in result.items() if k != "timeline"}
+
+
 def run_demo(cfg: DemoConfig | None = None) -> dict[str, Any]:
     """Run the whole demo; returns the report (also written to ``out_dir/report.json``)."""
     from rich.console import Console
@@ -328,6 +347,8 @@ def run_demo(cfg: DemoConfig | None = None) -> dict[str, Any]:
               "timeline": {r.profile: {"tiers": r.tiers, "usage": r.usage} for r in runs}}  # fmt: skip
     if cfg.surge:
         report["surge"] = _surge_section(cfg, console)
+    if cfg.rollout:
+        report["rollout"] = _rollout_section(cfg, console)
     (cfg.out_dir / "report.json").write_text(json.dumps(report, indent=2))
     console.print(f"wrote {cfg.out_dir / 'report.json'} and {plot}")
     return report

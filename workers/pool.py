@@ -8,7 +8,7 @@ queue (the gate); a failed check closes it at once and retries with backoff.
 The one rule for shared state
 -----------------------------
 Task threads (requests, pre-warms, demotions), the health loop and the eager warm-up share
-the pool. Three kinds of lock guard it, and nothing else does:
+the pool. Four kinds of lock guard it, and nothing else does:
 
 1. ``_slots_lock`` guards the ``slots`` dict (adding and removing entries) and nothing more; it
    is held only for the dict operation, never while calling out.
@@ -24,6 +24,11 @@ the pool. Three kinds of lock guard it, and nothing else does:
    reservations and the choice of victims: arithmetic only. It
    is never held while waiting for a slot's lock, doing I/O, restoring, or calling Redis or
    Celery.
+4. The lock of :class:`~warmstart.workers.versions.VersionStager` guards its dict of staged
+   versions and its set of models being staged (dict and set operations only). It is taken
+   alone, or inside a slot's lock (a switch), never the other way round, and nothing is
+   called while it is held. ``residents()`` takes it (inside ``_budget_lock``) to pin the
+   models being staged: it is a leaf lock, held for a set copy.
 
 Order: ``slot.lock`` may be held while taking ``_budget_lock`` (a promotion reserving bytes),
 never the reverse. A thread holding its own slot's lock takes a victim's lock only without
@@ -39,7 +44,9 @@ below its own (:mod:`warmstart.workers.tiers`), and a promotion counts against t
 the tier it is moving to *from the moment it is decided* (a reservation taken under
 ``_budget_lock`` before anything is loaded, :mod:`warmstart.workers.budget`), until the step has finished or failed. Victims
 are chosen among models that are not moving, not leased and not being evicted, and are
-demoted before the promoted model loads anything.
+demoted before the promoted model loads anything. A staged version counts against the HOST
+and DEVICE budgets (a reservation named ``<model>@<version>``) from the moment its staging is
+decided until it is switched to (then the slot counts it) or discarded.
 """
 
 from __future__ import annotations
@@ -74,8 +81,9 @@ from warmstart.snapshot.stores.base import SnapshotStore
 from warmstart.workers.batching import Batcher, batching_of
 from warmstart.workers.budget import Reservations
 from warmstart.workers.health import HealthKeeper
-from warmstart.workers.slots import MAX_BACKOFF_S, Lease, PoolRegistry, QueueGate, Slot
+from warmstart.workers.slots import MAX_BACKOFF_S, SAMPLE_MAX_BYTES, Lease, PoolRegistry, QueueGate, Slot
 from warmstart.workers.tiers import Resident, steps_between, used_bytes
+from warmstart.workers.versions import VersionStager
 from warmstart.workers.warmup import HealthResult, WarmupResult, health_check, run_model, warm_up
 from warmstart.workers.wire import check_finite, decode_inputs, encode_tensors
 
@@ -109,6 +117,8 @@ class ModelPool:
         #: Concurrent requests of one model run as one forward; its own lock guards only its
         #: open batches (list operations), is never held with another and never while waiting.
         self.batcher = Batcher()
+        #: A second version of a model, staged beside the serving one (workers/versions.py).
+        self.versions = VersionStager(self)
 
     # --- slots ----------------------------------------------------------------------------
 
@@ -141,7 +151,7 @@ class ModelPool:
     def residents(self, pinned: frozenset[str] = frozenset()) -> list[Resident]:
         """What the eviction rule needs to know of every model held above REMOTE."""
         eager = set(self.settings.eager_models) if self.settings.profile == "prod" else set()
-        moving = self._reservations.moving()
+        moving = self._reservations.moving() | self.versions.pinned()
         return [
             Resident(
                 s.model, s.tier, s.size_bytes, s.last_used_s,
@@ -578,7 +588,8 @@ class ModelPool:
             except WarmstartError:
                 threading.Thread(target=self.check_health, args=(model,), daemon=True).start()
                 raise
-            lease.slot.samples.append(inputs)
+            if sum(t.nbytes for t in inputs.values()) <= SAMPLE_MAX_BYTES:
+                lease.slot.samples.append(inputs)
             return {
                 "model": model,
                 "version": lease.manifest.version,
@@ -637,6 +648,8 @@ class ModelPool:
     # --- reporting ------------------------------------------------------------------------
 
     def publish(self, slot: Slot) -> None:
+        if self.slots.get(slot.model) is not slot:
+            return  # a staged version (workers/versions.py) or a retired slot: nothing to show
         self.registry.put_model(self.worker, slot.state())
 
     def republish(self) -> None:
@@ -664,4 +677,5 @@ class ModelPool:
             },
             "usage": self.usage(),
             "models": {m: s.state() for m, s in list(self.slots.items())},
+            "staged": self.versions.status(),
         }

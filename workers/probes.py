@@ -4,8 +4,10 @@
   not. A wedged process (its loop stuck) stops answering ok; a Redis outage does not make a
   worker "dead" (restarting it would only make it cold).
 - **ready** (``/readyz``): the registry holds the worker (its last heartbeat was accepted,
-  within the heartbeat TTL) and every eager model is HOT and consuming its queue: a worker
-  that joins is ready only once it is warm.
+  within the heartbeat TTL), the worker has decided what to warm at start (the planner's
+  assignment, or its eager models) and every model of that list planned HOT is HOT and
+  consuming its queue: a worker that joins is ready only once it is warm
+  (:mod:`warmstart.workers.joining`).
 """
 
 from __future__ import annotations
@@ -16,17 +18,17 @@ from collections.abc import Callable
 from typing import Any
 
 from warmstart.infra.settings import Settings
-from warmstart.infra.tiers import Tier
 from warmstart.workers.pool import ModelPool
 
 
 class WorkerProbes:
     """Heartbeat bookkeeping (set by the heartbeat loop) and the two probes built on it."""
 
-    def __init__(self, settings: Settings, pool: ModelPool, eager: Callable[[], list[str]]) -> None:
+    def __init__(self, settings: Settings, pool: ModelPool,
+                 start: Callable[[], tuple[bool, dict[str, Any]]]) -> None:  # fmt: skip
         self.settings = settings
         self.pool = pool
-        self.eager = eager
+        self.start = start  # Joining.readiness: (the start list is decided and HOT, details)
         self.started_s = time.monotonic()
         self.last_beat_s: float | None = None  # the loop ran (ok or not)
         self.last_beat_ok_s: float | None = None  # Redis accepted it
@@ -48,13 +50,8 @@ class WorkerProbes:
     def ready(self) -> tuple[bool, dict[str, Any]]:
         now = time.monotonic()
         registered = self.last_beat_ok_s is not None and now - self.last_beat_ok_s <= self.settings.heartbeat_ttl_s
-        waiting = []
-        for model in self.eager():
-            slot = self.pool.slots.get(model)
-            if slot is None or slot.tier != Tier.HOT or not slot.consuming:
-                waiting.append({"model": model, "tier": slot.tier.name if slot else "REMOTE",
-                                "health": slot.health if slot else None})  # fmt: skip
-        return registered and not waiting, {"worker": self.pool.worker, "registered": registered, "eager_not_hot": waiting}
+        warm, details = self.start()
+        return registered and warm, {"worker": self.pool.worker, "registered": registered, **details}
 
 
 def serve_probes(settings: Settings, metrics: Any, probes: WorkerProbes, log: Any) -> Any:

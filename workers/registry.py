@@ -10,6 +10,9 @@ Keys (all under ``ws:``)::
     cost:<model>             HASH   "DISK>HOST" -> seconds, the latest measured transition
     prewarm-claim:<model>    STRING the token of the lazy pre-warm in flight (expires)
     redelivered:<task id>    STRING how many times a request was delivered again (1 day)
+    planner                  STRING the beat that plans is alive (expires after a few ticks)
+    assignment:<w>           STRING JSON [[model, tier], ...]: what the planner placed on the
+                                    worker, in its order (a joining worker warms it first)
 
 Concurrency: every change to more than one key, or that depends on what it reads, is one
 atomic step. A write that reads nothing first is a MULTI/EXEC pipeline (redis-py's
@@ -28,6 +31,7 @@ from typing import Any
 
 import redis
 
+from warmstart.infra.errors import WorkerError
 from warmstart.infra.redis_client import COMPARE_AND_DELETE, key, redis_errors
 
 # KEYS: workers set, heartbeat; ARGV: worker, payload, ttl ms.
@@ -155,6 +159,59 @@ class WorkerRegistry:
             if token is None:
                 return bool(self.client.delete(key("prewarm-claim", model)))
             return bool(self._release(keys=[key("prewarm-claim", model)], args=[token]))
+
+    # --- the planner's assignments (beat writes, a joining worker reads) ------------------
+
+    def publish_assignments(self, assignments: dict[str, list[tuple[str, str]]], planner: str, ttl_s: float) -> None:
+        """Record each live worker's planned ``(model, tier)`` list, in the planner's order,
+        and that ``planner`` is planning; both expire after ``ttl_s`` unless written again."""
+        ttl_ms = max(1, int(ttl_s * 1000))
+        with redis_errors(self.client, "publishing the planner's assignments"):
+            pipe = self.client.pipeline(transaction=True)
+            pipe.set(key("planner"), planner, px=ttl_ms)
+            for worker, entries in assignments.items():
+                pipe.set(key("assignment", worker), json.dumps([list(e) for e in entries]), px=ttl_ms)
+            pipe.execute()
+
+    def retire_planner(self, planner: str) -> None:
+        """A beat that stops says so at once (only its own mark is deleted), so that nobody
+        waits for a planner that is gone."""
+        with redis_errors(self.client, "retiring the planner"):
+            self._release(keys=[key("planner")], args=[planner])
+
+    def planner_alive(self) -> bool:
+        """True while a beat is planning (it wrote assignments within their TTL)."""
+        with redis_errors(self.client, "asking whether a planner runs"):
+            return bool(self.client.exists(key("planner")))
+
+    def clear_assignment(self, worker: str) -> None:
+        """Forget what the planner assigned to an earlier worker of this name (a restart)."""
+        with redis_errors(self.client, f"clearing the assignment of {worker!r}"):
+            self.client.delete(key("assignment", worker))
+
+    def assignment(self, worker: str) -> list[tuple[str, str]] | None:
+        """The planner's latest ``(model, tier)`` list for ``worker``; None when it has none.
+
+        Raises:
+            StateUnavailableError: Redis cannot be reached.
+            WorkerError: the stored value is not a list of ``[model, tier]`` pairs.
+        """
+        with redis_errors(self.client, f"reading the assignment of {worker!r}"):
+            raw = self.client.get(key("assignment", worker))
+        if raw is None:
+            return None
+        try:
+            entries = json.loads(raw)
+            if not isinstance(entries, list) or not all(
+                isinstance(e, list) and len(e) == 2 and all(isinstance(x, str) for x in e) for e in entries
+            ):
+                raise ValueError("not a list of [model, tier] pairs")
+        except ValueError as e:
+            raise WorkerError(
+                f"the planner's assignment for {worker!r} in Redis is malformed ({e}); "
+                "it is rewritten by the next beat tick"
+            ) from e
+        return [(m, t) for m, t in entries]
 
     # --- reads (scheduler, status, clients) -----------------------------------------------
 

@@ -3,13 +3,16 @@
 A warmstart worker is a Celery worker with the ``threads`` pool, so that the
 models it holds live in the one process that consumes their queues. At start it pays torch's
 one-time initialisation, consumes only its own control queue and the shared pre-warm queue,
-and warms its eager models; a model's inference queue is consumed only once that model is HOT.
+and warms the planner's assignment, or its eager models when no beat plans
+(:mod:`warmstart.workers.joining`); a model's inference queue is consumed only once that model
+is HOT.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
 import threading
 import time
 from typing import Any
@@ -26,6 +29,8 @@ from warmstart.infra.settings import Settings
 from warmstart.snapshot.cache import SnapshotCache
 from warmstart.snapshot.process import prepare_architectures, prepare_process, resolve_device
 from warmstart.snapshot.stores import open_store
+from warmstart.workers.handover import hand_over, not_leaving
+from warmstart.workers.joining import Joining
 from warmstart.workers.metrics import MeteredPool, WorkerMetrics
 from warmstart.workers.probes import WorkerProbes, serve_probes
 from warmstart.workers.registry import WorkerRegistry
@@ -117,14 +122,11 @@ class WorkerRuntime:
             self.device,
             metrics=self.metrics,
         )
-        self.probes = WorkerProbes(settings, self.pool, self.eager_models)
-        self._probe_server: Any = None
         self._stop = threading.Event()
+        self.joining = Joining(settings, self.registry, self.pool, self.name, self._stop)
+        self.probes = WorkerProbes(settings, self.pool, self.joining.readiness)
+        self._probe_server: Any = None
         self._threads: list[threading.Thread] = []
-
-    def eager_models(self) -> list[str]:
-        """Models to warm at start: the configured eager ones, in the hot ``prod`` profile."""
-        return list(self.settings.eager_models) if self.settings.profile == "prod" else []
 
     def heartbeat_info(self) -> dict[str, Any]:
         return {
@@ -144,15 +146,57 @@ class WorkerRuntime:
 
     def start_background(self) -> None:
         self._probe_server = serve_probes(self.settings, self.metrics, self.probes, log)
+        try:  # an earlier worker of this name may have left marks: this one starts afresh
+            self.registry.clear_assignment(self.name)
+            not_leaving(self.registry.client, self.name)
+        except WarmstartError as e:
+            log.warning("could not clear what an earlier worker named %s left: %s", self.name, e)
         self._loop("heartbeat", self.settings.heartbeat_interval_s, self._beat, run_first=True)
         self._loop("health", self.settings.health_interval_s, self.pool.health_tick)
         if self.settings.verify_interval_s > 0:
             self._loop("verify", self.settings.verify_interval_s, self._verify_cache)
-        eager = self.eager_models()
-        if eager:
-            thread = threading.Thread(target=self._warm_eager, args=(eager,), name="warmstart-eager", daemon=True)
-            thread.start()
-            self._threads.append(thread)
+        thread = threading.Thread(target=self.joining.run, name="warmstart-joining", daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def install_drain_on_term(self) -> None:
+        """SIGTERM hands this worker's HOT models over first (at most ``drain_grace_s``),
+        serving all the while, and only then starts Celery's warm shutdown (stop consuming,
+        finish what runs, return what was prefetched). A second SIGTERM stops at once."""
+        if self.settings.drain_grace_s <= 0:
+            return
+        from celery import platforms
+
+        celery_handler = signal.getsignal(signal.SIGTERM)
+        if not callable(celery_handler):
+            return
+        started = threading.Event()
+
+        def drain_then_stop(*args: Any) -> None:
+            try:
+                pending = hand_over(self.registry.client, self.registry, self.name, self.settings.drain_grace_s, poll_s=0.2)
+                if pending:
+                    log.warning("stopping with %s HOT on no other worker (no room, no beat, or the grace "
+                                "period ran out)", ", ".join(pending))  # fmt: skip
+                else:
+                    log.info("every HOT model is HOT on another worker: stopping")
+            except WarmstartError as e:
+                log.warning("could not hand the models over (%s): stopping", e)
+            finally:
+                celery_handler(*args)  # sets Celery's warm-shutdown flag (safe from a thread)
+
+        def on_term(*args: Any) -> None:
+            if started.is_set():
+                celery_handler(*args)
+                return
+            started.set()
+            log.warning("SIGTERM: handing the models over (at most %.0f s) before stopping", self.settings.drain_grace_s)
+            threading.Thread(target=drain_then_stop, args=args, name="warmstart-drain", daemon=True).start()
+
+        try:
+            platforms.signals["SIGTERM"] = on_term
+        except ValueError as e:  # not the main thread: Celery's own handler stays
+            log.warning("SIGTERM will not hand models over: %s", e)
 
     def _beat(self) -> None:
         # The registry answers True when it had lost this worker (Redis restarted empty, or
@@ -168,16 +212,6 @@ class WorkerRuntime:
 
     def _verify_cache(self) -> None:
         self.pool.verify_cached(self.settings.verify_bytes_per_interval)
-
-    def _warm_eager(self, models: list[str]) -> None:
-        # Each model on its own: one that cannot be warmed (not published, failing its
-        # check, a forward that raises) must not keep the others cold.
-        for model in models:
-            try:
-                self.pool.ensure(model, "HOT")
-                log.info("eager model %s is HOT", model)
-            except Exception as e:
-                log.error("eager model %s could not be warmed: %s: %s", model, type(e).__name__, e)
 
     def _loop(self, name: str, interval_s: float, body: Any, run_first: bool = False) -> None:
         def once() -> None:
@@ -202,6 +236,7 @@ class WorkerRuntime:
             self._probe_server.stop()
         try:
             self.registry.forget_worker(self.name)
+            not_leaving(self.registry.client, self.name)
         except WarmstartError:
             log.warning("could not remove %s from the registry at shutdown", self.name)
 
@@ -254,7 +289,9 @@ def _after_setup(sender: str, instance: Any, **_: Any) -> None:
 
 @worker_ready.connect
 def _on_ready(**_: Any) -> None:
-    current_runtime().start_background()
+    runtime = current_runtime()
+    runtime.start_background()
+    runtime.install_drain_on_term()  # after Celery installed its own handler
 
 
 @worker_shutdown.connect

@@ -22,6 +22,9 @@ from warmstart.workers.warmup import WarmupResult
 
 #: Retry a failing model after 1, 2, 4, … seconds, at most this many.
 MAX_BACKOFF_S = 60.0
+#: Recent requests kept per model, and the largest kept (16 MiB per model at most).
+SAMPLES_KEPT = 16
+SAMPLE_MAX_BYTES = 1 << 20
 
 
 class PoolRegistry(Protocol):
@@ -82,7 +85,9 @@ class Slot:
     evicting: bool = False
     #: Removed from the pool at REMOTE; the model's current slot is another object.
     retired: bool = False
-    samples: deque[dict[str, torch.Tensor]] = field(default_factory=lambda: deque(maxlen=4))
+    #: Recent real requests' inputs (each at most SAMPLE_MAX_BYTES): warm-up inputs, and what a
+    #: new version is replayed on beside the serving one before it takes traffic (shadow).
+    samples: deque[dict[str, torch.Tensor]] = field(default_factory=lambda: deque(maxlen=SAMPLES_KEPT))
     warmup: WarmupResult | None = None
     hot_at: float | None = None  # wall-clock time the model last became HOT
     #: Made HOT by a lazy warm-up for waiting requests (the beat then holds it at least its

@@ -27,6 +27,7 @@ from warmstart.infra.celery_app import (
     TASK_KEEP_WARM,
     TASK_PREWARM,
     TASK_STATUS,
+    TASK_VERSION,
     RefusedMessage,
     app,
     app_settings,
@@ -66,6 +67,7 @@ KEEP_WARM_ARGS = _signature("model")
 HEALTH_CHECK_ARGS = _signature(model=None)
 STATUS_ARGS = _signature()
 ECHO_ARGS = _signature(payload=None)
+VERSION_ARGS = _signature("model", "version", "action")
 
 
 def bind_arguments(task: str, signature: inspect.Signature, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -157,6 +159,12 @@ def prewarm(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
             raise InvalidInputError(f"{TASK_PREWARM}: lazy must be true or false, got {lazy!r}")
         tier = _tier(arguments["tier"])
         runtime = current_runtime()
+        if not lazy and runtime.joining.defer(model, tier, version):
+            # The worker is warming the planner's assignment: this runs after it, in order
+            # (workers/joining.py), rather than loading beside it.
+            slot = runtime.pool.slots.get(model)
+            return {"worker": runtime.name, "model": model, "tier": slot.tier.name if slot else "REMOTE",
+                    "version": slot.version if slot else None, "deferred": True}  # fmt: skip
         try:
             slot = runtime.pool.ensure(model, tier, version, urgent=lazy)
         finally:
@@ -216,6 +224,32 @@ def status(*args: Any, **kwargs: Any) -> dict[str, Any]:
         return current_runtime().pool.status()
 
     return _answer(TASK_STATUS, work)
+
+
+@app.task(name=TASK_VERSION)
+def version(*args: Any, **kwargs: Any) -> dict[str, Any]:
+    """``(model, version, action)``: ``stage`` a version beside the serving one (restored,
+    warmed up and golden-checked, no traffic), ``shadow`` (replay recent real requests through
+    both and report), ``switch`` to the staged version without closing the model's queue, or
+    ``discard`` it (workers/versions.py; `warmstart alias`, `warmstart deploy`)."""
+
+    def work() -> dict[str, Any]:
+        arguments = bind_arguments(TASK_VERSION, VERSION_ARGS, args, kwargs)
+        model = validate_name(arguments["model"])
+        name = validate_name(arguments["version"], "version")
+        versions = current_runtime().pool.versions
+        action = arguments["action"]
+        if action == "stage":
+            return versions.stage(model, name)
+        if action == "switch":
+            return versions.switch(model, name)
+        if action == "discard":
+            return {"model": model, "version": name, "discarded": versions.discard(model)}
+        if action == "shadow":
+            return versions.shadow(model, name)
+        raise InvalidInputError(f"{TASK_VERSION}: action must be stage, shadow, switch or discard, got {action!r}")
+
+    return _answer(TASK_VERSION, work)
 
 
 @app.task(name=TASK_ECHO)

@@ -56,8 +56,9 @@ def publish(settings: Settings) -> Callable[..., torch.nn.Module]:
     """Publish a tiny (or flaky) model and return the module it was published from."""
     store = open_store_url(settings.store_url)
 
-    def _publish(model: str, *, flaky_flag: Path | None = None, **kwargs: Any) -> torch.nn.Module:
-        torch.manual_seed(len(model))
+    def _publish(model: str, *, flaky_flag: Path | None = None, version: str = "v1", seed: int | None = None,
+                 **kwargs: Any) -> torch.nn.Module:  # fmt: skip
+        torch.manual_seed(len(model) if seed is None else seed)
         if flaky_flag is not None:
             module = build_flaky(str(flaky_flag))
             arch = ArchitectureSpec(FLAKY, {"flag_path": str(flaky_flag)})
@@ -65,7 +66,7 @@ def publish(settings: Settings) -> Callable[..., torch.nn.Module]:
             module = build_tiny(**kwargs)
             arch = ArchitectureSpec(TINY, dict(kwargs))
         publish_module(
-            store, model, "v1", module.eval(), arch, TINY_INPUTS,
+            store, model, version, module.eval(), arch, TINY_INPUTS,
             {"x": torch.randn(2, 8)}, show_progress=False,
             allowed_architectures=settings.allowed_architectures,
         )  # fmt: skip

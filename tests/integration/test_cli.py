@@ -54,7 +54,7 @@ def test_status_and_infer_commands(worker_settings, settings, publish, start_wor
 
 
 def test_demo_runs_end_to_end(tmp_path) -> None:
-    report = run_demo(DemoConfig(out_dir=tmp_path, traffic_s=5.0, mean_rate_per_s=6.0, surge=False))
+    report = run_demo(DemoConfig(out_dir=tmp_path, traffic_s=5.0, mean_rate_per_s=6.0, surge=False, rollout=False))
     prod, dev = report["profiles"]["prod"]["models"], report["profiles"]["dev"]["models"]
     assert prod["all"]["requests"] == dev["all"]["requests"] > 0
     assert prod["all"]["failed"] == 0 and dev["all"]["failed"] == 0

@@ -44,7 +44,7 @@ def test_a_live_worker_serves_metrics_and_is_ready_only_once_its_eager_model_is_
     status, body = http_get(base + "/readyz")
     assert status == 503
     details = json.loads(body)
-    assert details["registered"] is True and details["eager_not_hot"][0]["model"] == "eager-f"
+    assert details["registered"] is True and details["not_hot"][0]["model"] == "eager-f"
 
     x = torch.randn(1, 8)
     out = Client(settings).infer("lazy-m", {"x": x}, timeout_s=60)["output"]

@@ -11,7 +11,8 @@ import pytest
 from warmstart.infra.redis_client import connect
 from warmstart.infra.settings import load_settings
 from warmstart.scheduler.beat import BeatScheduler
-from warmstart.scheduler.scale_signal import hand_over, read_desired
+from warmstart.scheduler.scale_signal import read_desired
+from warmstart.workers.handover import hand_over
 from warmstart.scheduler.scaling import DAY_MIN
 from warmstart.scheduler.traffic import TrafficRecorder
 from warmstart.workers.registry import WorkerRegistry

@@ -47,12 +47,13 @@ def _register() -> None:
     # subsystem's heavy imports (torch) happen only when its command runs.
     from warmstart.bench.cli import bench
     from warmstart.cli.autoscale import autoscale_commands
+    from warmstart.cli.rollout import rollout_commands
     from warmstart.cli.scheduler import scheduler_commands
     from warmstart.cli.services import services_commands
     from warmstart.cli.snapshot import snapshot_commands
     from warmstart.cli.workers import worker_commands
 
-    for command in snapshot_commands + worker_commands + scheduler_commands + services_commands + autoscale_commands:
+    for command in snapshot_commands + worker_commands + scheduler_commands + services_commands + autoscale_commands + rollout_commands:
         main.add_command(command)
     main.add_command(bench)
 

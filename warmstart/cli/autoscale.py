@@ -18,7 +18,7 @@ def drain(ctx: click.Context, name: str | None, timeout_s: float) -> None:
     worker (SIGTERM) as usual: it finishes what it runs and leaves the registry."""
     from warmstart.cli import settings_from
     from warmstart.infra.redis_client import connect
-    from warmstart.scheduler.scale_signal import hand_over
+    from warmstart.workers.handover import hand_over
     from warmstart.workers.registry import WorkerRegistry
 
     settings = settings_from(ctx)

@@ -1,4 +1,4 @@
-"""CLI commands for the scheduler: ``beat``, ``simulate``, ``advise``."""
+"""CLI commands for the scheduler: ``beat``, ``simulate``, ``advise``, ``demo``, ``alias``."""
 
 from __future__ import annotations
 
@@ -139,4 +139,36 @@ def demo(out_dir: Path, traffic_s: float, rate: float) -> None:
     run_demo(DemoConfig(out_dir=out_dir, traffic_s=traffic_s, mean_rate_per_s=rate))
 
 
-scheduler_commands = [beat, simulate, advise, demo]
+@click.command()
+@click.argument("model")
+@click.argument("name")
+@click.argument("version")
+@click.option("--timeout-s", type=float, default=300.0, show_default=True,
+              help="How long each worker may take to stage the version.")
+@click.option("--json", "as_json", is_flag=True, help="Print what was done as JSON.")
+@click.pass_context
+def alias(ctx: click.Context, model: str, name: str, version: str, timeout_s: float, as_json: bool) -> None:
+    """Point MODEL's alias NAME at VERSION. For `live`, every worker serving MODEL first
+    loads VERSION beside the serving one, warms it up and checks it against its golden
+    outputs; only then does the alias move and each worker switch, without a cold start.
+    A version that cannot be made ready leaves the alias where it was (exit 2)."""
+    from warmstart.cli import settings_from
+    from warmstart.scheduler.alias import AliasMover
+
+    mover = AliasMover(settings_from(ctx))
+    try:
+        moved = mover.move(model, name, version, timeout_s=timeout_s)
+    finally:
+        mover.app.close()
+    if as_json:
+        click.echo(json.dumps(moved.__dict__, indent=2))
+        return
+    click.echo(f"{model}: {name} -> {version} (was {moved.previous or 'unset'}) in {moved.seconds:.1f} s")
+    for worker, done in sorted(moved.switched.items()):
+        state = "switched" if done["switched"] else f"NOT switched ({done.get('error')})"
+        click.echo(f"  {worker}: staged in {done['staged_s']} s, {state}")
+    for worker in moved.reloaded:
+        click.echo(f"  {worker}: held it below HOT; reloads {version}")
+
+
+scheduler_commands = [beat, simulate, advise, demo, alias]

@@ -123,14 +123,23 @@ def print_status(status: dict[str, object]) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for programs.")
 @click.pass_context
 def status(ctx: click.Context, as_json: bool) -> None:
-    """Workers, their budgets, and each model's tier, health and latencies."""
+    """Workers, their budgets, each model's tier, health and latencies, and rollouts in progress."""
     from warmstart.cli import settings_from
 
-    result = collect_status(settings_from(ctx))
+    from warmstart.infra.redis_client import connect
+    from warmstart.scheduler.rollout import Rollouts
+
+    settings = settings_from(ctx)
+    result = collect_status(settings)
+    rollouts = Rollouts(connect(settings.redis_url))
+    result["rollouts"] = {m: r for m in rollouts.active() if (r := rollouts.get(m)) is not None}
     if as_json:
         click.echo(json.dumps(result, indent=2))
-    else:
-        print_status(result)
+        return
+    print_status(result)
+    for model, record in sorted(result["rollouts"].items()):
+        click.echo(f"rollout: {model} {record['previous']} -> {record['version']} [{record['phase']}]"
+                   f"{' canary ' + record['canary'] if record.get('canary') else ''} (`warmstart rollout {model}`)")
 
 
 @click.command()

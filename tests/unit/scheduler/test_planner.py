@@ -291,3 +291,24 @@ def test_a_replica_never_takes_the_room_of_another_models_only_copy() -> None:
     coming = [ModelDemand("e", Tier.REMOTE, 0.0, eager=True), ModelDemand("b", Tier.HOT, 0.5, expected=True)]
     r = plan(coming, workers, costs, PlanConfig(profile="prod"))
     assert r.placement["b"][1] == Tier.HOT and len(r.replicas["e"]) == 1 and r.short_replicas == ["e"]
+
+
+def test_a_joining_worker_is_assigned_the_expected_first_copy_before_an_eager_replica() -> None:
+    # w0 holds the eager model; w1 has just joined with room for two models. The first copy
+    # of the model the daily pattern expects must come first in w1's assignment (the order
+    # a joining worker warms in), before the eager model's replica.
+    costs = {m: ModelCosts(m, 40 * MiB) for m in ("e", "b", "c")}
+    workers = [WorkerState("w0", 100 * MiB, 100 * MiB, 10**12, {"e": Tier.HOT}, {"e": 0}),
+               WorkerState("w1", 80 * MiB, 80 * MiB, 10**12)]
+    demands = [ModelDemand("e", Tier.HOT, 0.9, eager=True), ModelDemand("b", Tier.HOT, 0.5, expected=True),
+               ModelDemand("c", Tier.HOST, 0.1)]
+    p = plan(demands, workers, costs, PlanConfig(profile="prod"))
+    assert p.assigned["w1"][0] == ("b", Tier.HOT)
+    assert ("e", Tier.HOT) in p.assigned["w1"][1:]
+    assert p.assigned["w0"][0] == ("e", Tier.HOT)
+    # The assignment is exactly the plan's copies, worker by worker.
+    for worker in ("w0", "w1"):
+        held = sorted((m, t) for m, copies in p.replicas.items() for w, t in copies if w == worker)
+        assert sorted(p.assigned[worker]) == held
+    # Warmest tier first within a worker.
+    assert p.assigned["w0"] == [("e", Tier.HOT), ("c", Tier.HOST)]

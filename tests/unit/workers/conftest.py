@@ -34,10 +34,11 @@ class PoolKit:
 
     def publish(
         self, model: str, version: str = "v1", *, factory: str = TINY, inputs: Any = TINY_INPUTS,
-        golden_inputs: dict[str, torch.Tensor] | None = None, **kwargs: Any,
+        golden_inputs: dict[str, torch.Tensor] | None = None, seed: int | None = None, **kwargs: Any,
     ) -> torch.nn.Module:
-        """Publish a test model (tiny by default) and return the module it was published from."""
-        torch.manual_seed(len(model))
+        """Publish a test model (tiny by default) and return the module it was published from
+        (its weights drawn from ``seed``, by default the name's length)."""
+        torch.manual_seed(len(model) if seed is None else seed)
         build = {TINY: build_tiny, FLAKY: build_flaky, BUFFERED: build_buffered}[factory]
         module = build(**kwargs)
         publish_module(

@@ -9,6 +9,7 @@ from prometheus_client import generate_latest
 from warmstart.infra.settings import load_settings
 from warmstart.infra.tiers import Tier
 from warmstart.snapshot.cache import SnapshotCache
+from warmstart.workers.joining import Joining
 from warmstart.workers.metrics import MeteredPool, PoolCollector, WorkerMetrics
 from warmstart.workers.probes import WorkerProbes
 from warmstart.workers.wire import encode_tensor
@@ -88,12 +89,16 @@ def test_failed_health_checks_are_counted_and_readiness_waits_for_eager_models(k
     flag = kit.tmp / "flag"
     kit.publish("f", factory=FLAKY, flag_path=str(flag))
     pool, metrics = _metered(kit, profile="prod", eager_models=["f"], heartbeat_ttl_s=5)
-    probes = WorkerProbes(pool.settings, pool, lambda: ["f"])
+    joining = Joining(pool.settings, None, pool, "w1")
+    probes = WorkerProbes(pool.settings, pool, joining.readiness)
     assert probes.live()[0]  # just started
     assert not probes.ready()[0]  # never registered, nothing HOT
     probes.beat_done(True)
     ok, details = probes.ready()
-    assert not ok and details["registered"] and details["eager_not_hot"][0]["model"] == "f"
+    assert not ok and details["start_from"] is None  # registered, but not yet chosen what to warm
+    joining.decide([("f", Tier.HOT)], "eager")
+    ok, details = probes.ready()
+    assert not ok and details["registered"] and details["not_hot"][0]["model"] == "f"
 
     flag.write_text("offset")
     try:
@@ -107,4 +112,4 @@ def test_failed_health_checks_are_counted_and_readiness_waits_for_eager_models(k
     pool.slot("f").retry_at_s = 0.0  # its backoff is over
     pool.ensure("f", "HOT")
     ok, details = probes.ready()
-    assert ok and details["eager_not_hot"] == []
+    assert ok and details["not_hot"] == []

@@ -1,0 +1,171 @@
+"""Moving a model's alias with no request waiting for a restore (``warmstart alias``).
+
+Moving ``live`` changes what every worker serves, so it is done in four steps:
+
+1. check that the version is published (and read its manifest);
+2. **stage** it on every worker where the model is HOT (:mod:`warmstart.workers.versions`):
+   fetched and verified, restored beside the serving version, warmed up and golden-checked,
+   while the old version keeps answering. If any worker cannot (not published, a snapshot that
+   fails verification, no room, a failed golden check), every staged copy is discarded and
+   the alias is left where it was: a typed :class:`RolloutError` says which worker and why;
+3. move the alias in the store (one atomic put);
+4. **switch** each of those workers to the staged version, without closing the model's
+   queue; a worker that holds the model below HOT reloads it at its tier; a worker that made
+   the model HOT meanwhile (from the old alias) is staged and switched in a second round.
+
+Any other alias name (``canary``, ``previous`` …) serves no traffic by itself and is moved at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from celery import Celery
+
+from warmstart.infra.celery_app import TASK_PREWARM, TASK_VERSION, control_queue, create_app
+from warmstart.infra.errors import RolloutError, SnapshotNotFoundError
+from warmstart.infra.redis_client import connect
+from warmstart.infra.settings import Settings
+from warmstart.snapshot.catalog import LIVE_ALIAS, get_alias, list_versions, read_manifest, set_alias
+from warmstart.snapshot.names import validate_name
+from warmstart.snapshot.stores import open_store
+from warmstart.workers.registry import WorkerRegistry
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class AliasMove:
+    """What one move did (printed by the CLI, read by tests)."""
+
+    model: str
+    alias: str
+    version: str
+    previous: str | None
+    #: worker -> {"staged_s", "switched", ...} for the workers that served the model HOT.
+    switched: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: workers that held the model below HOT and reload it at the new version.
+    reloaded: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+class AliasMover:
+    """Stages, moves and switches; one instance per command (or per rollout)."""
+
+    def __init__(self, settings: Settings, app: Celery | None = None) -> None:
+        self.settings = settings
+        self.app = app or create_app(settings)
+        self.registry = WorkerRegistry(connect(settings.redis_url))
+        self.store = open_store(settings)
+
+    def move(self, model: str, alias: str, version: str, timeout_s: float = 300.0) -> AliasMove:
+        """Point ``alias`` of ``model`` at ``version``; for ``live``, with every serving worker
+        switched to it before it takes traffic.
+
+        Raises:
+            InvalidNameError: a name is not safe.
+            SnapshotNotFoundError: the version is not published (the message lists those that are).
+            RolloutError: a worker could not stage the version (the alias is unchanged), or
+                did not answer in time.
+            StateUnavailableError: Redis cannot be reached.
+        """
+        validate_name(model)
+        validate_name(alias, "alias")
+        validate_name(version, "version")
+        started = time.monotonic()
+        try:
+            read_manifest(self.store, model, version)
+        except SnapshotNotFoundError as e:
+            published = ", ".join(list_versions(self.store, model)) or "none"
+            raise SnapshotNotFoundError(
+                f"{e}; {model!r} has versions: {published} (`warmstart ls {model}`); publish "
+                f"{version!r} first"
+            ) from e
+        previous = get_alias(self.store, model, alias)
+        result = AliasMove(model, alias, version, previous)
+        if alias != LIVE_ALIAS or previous == version:
+            set_alias(self.store, model, alias, version)
+            result.seconds = time.monotonic() - started
+            return result
+        serving = self._holders(model, hot=True, other_than=version)
+        self._stage_all(model, version, serving, timeout_s, result)
+        set_alias(self.store, model, alias, version)
+        log.info("%s: %s -> %s (was %s)", model, alias, version, previous)
+        self._switch_all(model, version, serving, timeout_s, result)
+        late = self._holders(model, hot=True, other_than=version)  # made HOT from the old alias meanwhile
+        if late:
+            self._stage_all(model, version, late, timeout_s, result, alias_moved=True)
+            self._switch_all(model, version, late, timeout_s, result)
+        for worker, tier in self._holders(model, hot=False, other_than=version).items():
+            self.app.send_task(TASK_PREWARM, kwargs={"model": model, "tier": tier, "version": version},
+                               queue=control_queue(worker))  # fmt: skip
+            result.reloaded.append(worker)
+        result.seconds = time.monotonic() - started
+        return result
+
+    # --- steps ----------------------------------------------------------------------------
+
+    def _holders(self, model: str, *, hot: bool, other_than: str) -> dict[str, str]:
+        """Live workers holding ``model`` at another version: HOT ones, or the others (worker -> tier)."""
+        alive, _ = self.registry.workers()
+        found = {}
+        for worker in sorted(alive):
+            state = self.registry.models_of(worker).get(model)
+            if not state or state.get("version") == other_than or state.get("tier") in (None, "REMOTE"):
+                continue
+            if (state.get("tier") == "HOT") == hot:
+                found[worker] = str(state["tier"])
+        return found
+
+    def _stage_all(self, model: str, version: str, workers: dict[str, str], timeout_s: float,
+                   result: AliasMove, alias_moved: bool = False) -> None:  # fmt: skip
+        answers = self._ask(model, version, "stage", workers, timeout_s)
+        failed = {w: a for w, a in answers.items() if not a.get("ok")}
+        if failed:
+            self._ask(model, version, "discard", workers, timeout_s)
+            why = "; ".join(f"{w}: {_reason(a)}" for w, a in sorted(failed.items()))
+            where = (f"the alias already points at {version!r}, and these workers go on serving the "
+                     f"old version until they restart or are demoted" if alias_moved
+                     else f"the alias stays at {result.previous!r}")  # fmt: skip
+            raise RolloutError(
+                f"version {version!r} of {model!r} could not be made ready beside the serving one ({why}); "
+                f"{where}. Fix the version (or make room) and try again"
+            )
+        for worker, answer in answers.items():
+            result.switched[worker] = {"staged_s": answer.get("staged_s"), "switched": False}
+
+    def _switch_all(self, model: str, version: str, workers: dict[str, str], timeout_s: float, result: AliasMove) -> None:
+        answers = self._ask(model, version, "switch", workers, timeout_s)
+        for worker, answer in answers.items():
+            result.switched[worker]["switched"] = bool(answer.get("ok"))
+            if not answer.get("ok"):
+                # The alias has moved: this worker reloads the version the next time it is asked.
+                log.warning("%s did not switch %s to %s: %s", worker, model, version, _reason(answer))
+                result.switched[worker]["error"] = _reason(answer)
+
+    def _ask(self, model: str, version: str, action: str, workers: dict[str, str], timeout_s: float) -> dict[str, dict[str, Any]]:
+        """Send one version task to each worker (all at once) and collect the answers."""
+        pending = {
+            w: self.app.send_task(TASK_VERSION, kwargs={"model": model, "version": version, "action": action},
+                                  queue=control_queue(w))  # fmt: skip
+            for w in workers
+        }
+        deadline = time.monotonic() + timeout_s
+        answers: dict[str, dict[str, Any]] = {}
+        for worker, async_result in pending.items():
+            try:
+                answer = async_result.get(timeout=max(0.1, deadline - time.monotonic()), disable_sync_subtasks=False)
+            except Exception as e:  # a timeout, or a worker that died: an answer like any other
+                answer = {"ok": False, "error": {"type": type(e).__name__, "message": f"no answer in time ({e})"}}
+            finally:
+                async_result.forget()
+            answers[worker] = answer if isinstance(answer, dict) else {"ok": False, "error": {"message": repr(answer)}}
+        return answers
+
+
+def _reason(answer: dict[str, Any]) -> str:
+    error = answer.get("error") or {}
+    return f"{error.get('type', 'error')}: {error.get('message', answer)}"

@@ -1,0 +1,133 @@
+"""Rollouts driven by a real beat over two real workers under load: a good version is promoted
+with every request answered; a version that answers NaN on real inputs its golden inputs lack
+is caught by the shadow replay before any live request reaches it; a slow one is rolled back
+on latency; a second rollout while one runs, and a rollback with nothing to go back to, are
+typed errors; `warmstart rollback` after a promotion moves `live` back."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+
+import pytest
+import torch
+
+from warmstart.infra.errors import RolloutError
+from warmstart.infra.redis_client import connect
+from warmstart.infra.settings import load_settings
+from warmstart.processes import ChildProcess, settings_env
+from warmstart.scheduler.rollout import Rollouts, ShadowLimits, start_rollout
+from warmstart.snapshot.catalog import get_alias
+from warmstart.snapshot.stores import open_store
+from warmstart.workers.client import Client
+from warmstart.workers.registry import WorkerRegistry
+from tests.helpers import wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def test_rollouts_promote_the_good_version_and_roll_back_the_bad_and_the_slow(
+        worker_settings, publish, start_worker) -> None:  # fmt: skip
+    # Eager in prod: the beat keeps the model HOT on both workers, whatever its policy says.
+    values = {**worker_settings, "plan_interval_s": 0.3, "scale_min_workers": 2, "profile": "prod", "eager_models": ["ro"]}
+    settings = load_settings(**values)
+    modules = {"v1": publish("ro", seed=1), "v2": publish("ro", version="v2", seed=2)}
+    publish("ro", version="v3", seed=1, nan_above=4.0)  # NaN only on inputs far from its goldens
+    publish("ro", version="v4", seed=2, delay_s=0.05)  # slow
+    for name in ("w-r1", "w-r2"):
+        start_worker(name, profile="prod", eager_models=["ro"])
+    beat = ChildProcess(["beat", "--loglevel", "WARNING"], values).start()
+    client = Client(settings)
+    try:
+        store = open_store(settings)
+        rollouts = Rollouts(connect(settings.redis_url))
+        registry = WorkerRegistry(connect(settings.redis_url))
+        wait_for(lambda: registry.hot_workers("ro") == ["w-r1", "w-r2"], timeout_s=60, what="ro HOT on both workers")
+
+        stop = threading.Event()
+        answers: list[object] = []
+
+        def load() -> None:
+            i = 0
+            while not stop.is_set():
+                x = torch.randn(2, 8)
+                if i % 2:
+                    x[0, 0] = 10.0  # a real input unlike the golden ones
+                i += 1
+                try:
+                    pending = client.submit("ro", {"x": x}, timeout_s=60)
+                    version = pending.raw()["version"]
+                    with torch.inference_mode():
+                        good = version in modules and torch.allclose(pending.get()["output"], modules[version](x), atol=1e-5)
+                    answers.append((version, good))
+                except Exception as e:  # judged below
+                    answers.append(e)
+
+        def finished(model: str = "ro") -> dict | None:
+            record = rollouts.get(model)
+            return record if record and record["phase"] in ("done", "rolled_back") else None
+
+        threads = [threading.Thread(target=load) for _ in range(2)]
+        for t in threads:
+            t.start()
+        try:
+            wait_for(lambda: len(answers) >= 40, timeout_s=60, what="recorded requests")  # the shadow replays them
+            limits = ShadowLimits()
+
+            start_rollout(store, rollouts, "ro", "v2", limits)
+            good = wait_for(finished, timeout_s=120, what="the good rollout ends")
+            assert good["phase"] == "done", (good["reason"], good["history"], good["shadow"])
+            assert [p for p, _ in good["history"]] == ["warm", "shadow", "promote", "done"]
+            assert good["shadow"]["source"] == "recent requests" and good["shadow"]["staged"]["non_finite"] == 0
+            assert get_alias(store, "ro", "live") == "v2" and set(good["switched"]) == {"w-r1", "w-r2"}
+            after_good = len(answers)
+
+            start_rollout(store, rollouts, "ro", "v3", limits)
+            bad = wait_for(finished, timeout_s=120, what="the bad rollout ends")
+            assert bad["phase"] == "rolled_back" and "non-finite" in bad["reason"], bad
+            assert [p for p, _ in bad["history"]] == ["warm", "shadow", "rolled_back"]
+
+            start_rollout(store, rollouts, "ro", "v4", limits)
+            with pytest.raises(RolloutError, match="in progress"):
+                start_rollout(store, rollouts, "ro", "v3", limits)
+            slow = wait_for(finished, timeout_s=120, what="the slow rollout ends")
+            assert slow["phase"] == "rolled_back" and "slower" in slow["reason"], slow
+
+            start_rollout(store, rollouts, "ro", "v4", limits)
+            rollouts.cancel("ro", "test")
+            cancelled = wait_for(finished, timeout_s=120, what="the cancelled rollout ends")
+            assert cancelled["phase"] == "rolled_back" and "by hand" in cancelled["reason"]
+            with pytest.raises(RolloutError, match="already live"):
+                start_rollout(store, rollouts, "ro", "v2", limits)
+            count = len(answers)
+            wait_for(lambda: len(answers) >= count + 10, timeout_s=60)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(60)
+
+        assert all(isinstance(a, tuple) and a[1] for a in answers), [a for a in answers if not (isinstance(a, tuple) and a[1])][:3]
+        versions = [a[0] for a in answers]  # type: ignore[index]
+        assert "v3" not in versions and "v4" not in versions  # the bad and the slow served nobody
+        assert set(versions[after_good + 10:]) == {"v2"} and get_alias(store, "ro", "live") == "v2"
+        assert {registry.models_of(w)["ro"]["version"] for w in ("w-r1", "w-r2")} == {"v2"}
+
+        env = {**os.environ, **settings_env(worker_settings)}
+
+        def cli(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run([sys.executable, "-m", "warmstart.cli", *args], capture_output=True, text=True, env=env, timeout=180)
+
+        back = cli("rollback", "ro")  # the last rollout was rolled back: nothing went live to undo
+        assert back.returncode == 2 and "no previous version" in back.stderr
+        start_rollout(store, rollouts, "ro", "v1", ShadowLimits())  # v1 again, as a new version
+        assert wait_for(finished, timeout_s=120)["phase"] == "done" and get_alias(store, "ro", "live") == "v1"
+        back = cli("rollback", "ro")  # after a promotion: live goes back, staged and checked first
+        assert back.returncode == 0, back.stderr
+        assert get_alias(store, "ro", "live") == "v2"
+        assert {registry.models_of(w)["ro"]["version"] for w in ("w-r1", "w-r2")} == {"v2"}
+    finally:
+        client.close()
+        client.app.close()
+        beat.close()

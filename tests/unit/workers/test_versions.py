@@ -1,0 +1,116 @@
+"""A second version staged beside the serving one, then switched to: requests keep being
+answered (by the old version, then the new), the queue never closes, budgets hold, and a
+version that cannot be made ready changes nothing. Threads against small budgets; the
+in-memory gate and registry."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+import torch
+
+from warmstart.infra.errors import BudgetError, HealthCheckError, ModelStateError, UnknownModelError
+from warmstart.infra.tiers import Tier
+from warmstart.snapshot.manifest import InputSpec
+from warmstart.workers.wire import decode_outputs, encode_tensor
+from tests.models import FLAKY
+from tests.unit.workers.conftest import PoolKit
+
+WIDE = (InputSpec("x", "float32", ("batch", 64)),)
+
+
+def _closes(kit: PoolKit, model: str) -> int:
+    return kit.gate.count("close", model)
+
+
+def test_switching_to_a_staged_version_under_load_answers_every_request_and_never_closes_the_queue(kit: PoolKit) -> None:
+    v1 = kit.publish("m", "v1", seed=1)
+    v2 = kit.publish("m", "v2", seed=2)
+    pool = kit.make_pool()
+    pool.ensure("m", Tier.HOT)
+    x = torch.rand(2, 8)
+    with torch.no_grad():
+        expected = {"v1": v1(x), "v2": v2(x)}
+    stop = threading.Event()
+    answers: list[list[Any]] = [[], [], []]  # per client thread, in its order
+
+    def requests(mine: list[Any]) -> None:
+        while not stop.is_set():
+            try:
+                answer = pool.infer("m", {"x": encode_tensor(x)})
+                (out,) = decode_outputs(answer["outputs"]).values()
+                mine.append((answer["version"], torch.allclose(out, expected[answer["version"]], atol=1e-6)))
+            except Exception as e:  # judged below
+                mine.append(e)
+
+    threads = [threading.Thread(target=requests, args=(mine,)) for mine in answers]
+    for t in threads:
+        t.start()
+    staged = pool.versions.stage("m", "v2")
+    assert staged["version"] == "v2" and pool.slot("m").version == "v1"  # staged, not serving
+    assert pool.versions.status() == {"m": "v2"}
+    pool.versions.switch("m", "v2")
+    counts = [len(mine) for mine in answers]
+    while any(len(mine) < n + 5 for mine, n in zip(answers, counts)):
+        stop.wait(0.01)
+    stop.set()
+    for t in threads:
+        t.join(30)
+
+    for mine in answers:
+        assert all(isinstance(a, tuple) and a[1] for a in mine), [a for a in mine if not (isinstance(a, tuple) and a[1])][:3]
+        versions = [a[0] for a in mine]
+        first_new = versions.index("v2")
+        # Each client saw the old version, then only the new one: one switch, never back.
+        assert first_new > 0 and versions[first_new:] == ["v2"] * (len(versions) - first_new)
+    assert _closes(kit, "m") == 0  # the queue stayed open through the switch
+    slot = pool.slot("m")
+    assert slot.version == "v2" and slot.tier == Tier.HOT and slot.consuming
+    assert kit.registry.models["w1"]["m"]["version"] == "v2"
+    assert pool.versions.status() == {} and pool._reservations.total(Tier.HOST) == 0
+
+
+def test_a_version_failing_its_golden_check_is_not_staged_and_the_serving_one_is_untouched(kit: PoolKit) -> None:
+    flag = kit.tmp / "flag"
+    kit.publish("m", "v1", seed=1)
+    kit.publish("m", "v2", factory=FLAKY, flag_path=str(flag))
+    pool = kit.make_pool()
+    pool.ensure("m", Tier.HOT)
+    flag.write_text("offset")  # v2 now answers wrong
+    with pytest.raises(HealthCheckError, match="golden"):
+        pool.versions.stage("m", "v2")
+    slot = pool.slot("m")
+    assert slot.version == "v1" and slot.tier == Tier.HOT and slot.consuming and slot.health == "ok"
+    assert pool.versions.status() == {} and pool._reservations.total(Tier.DEVICE) == 0
+    assert set(kit.registry.models["w1"]) == {"m"}  # the staged copy was never published
+    with pytest.raises(ModelStateError, match="not staged"):
+        pool.versions.switch("m", "v2")
+
+
+def test_staging_needs_room_beside_the_serving_version_and_never_evicts_it(kit: PoolKit) -> None:
+    kit.publish("m", "v1", inputs=WIDE, features=64, outputs=64, seed=1)
+    kit.publish("m", "v2", inputs=WIDE, features=64, outputs=64, seed=2)
+    size = kit.store.size("snapshots/m/v1/model.safetensors") or 0
+    pool = kit.make_pool(host_budget_bytes=int(size * 1.5), device_budget_bytes=int(size * 1.5))
+    pool.ensure("m", Tier.HOT)
+    with pytest.raises(BudgetError):
+        pool.versions.stage("m", "v2")
+    assert pool.slot("m").tier == Tier.HOT and pool.slot("m").version == "v1"
+    assert pool._reservations.total(Tier.HOST) == 0 and pool._reservations.total(Tier.DEVICE) == 0
+
+    roomy = kit.make_pool(host_budget_bytes=size * 3, device_budget_bytes=size * 3)
+    roomy.ensure("m", Tier.HOT)
+    roomy.versions.stage("m", "v2")
+    assert roomy.usage()["device_bytes"] >= 2 * size  # the staged version counts
+    assert roomy.versions.discard("m") and roomy.usage()["device_bytes"] < 2 * size
+
+
+def test_staging_an_unpublished_version_is_a_typed_error(kit: PoolKit) -> None:
+    kit.publish("m", "v1")
+    pool = kit.make_pool()
+    pool.ensure("m", Tier.HOT)
+    with pytest.raises(UnknownModelError, match="v9"):
+        pool.versions.stage("m", "v9")
+    assert pool.slot("m").version == "v1" and pool.versions.status() == {}

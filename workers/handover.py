@@ -1,0 +1,61 @@
+"""Handing a worker's models over before it stops (``warmstart drain``, SIGTERM, the local
+scaler): the worker is marked as leaving, the beat places its models on other workers, and
+the worker keeps serving until each model HOT on it is HOT on another live worker, or the
+grace period is over. Only then does it stop taking requests and finish what is in flight.
+
+Key (under ``ws:``)::
+
+    scale:leaving   SET   workers that asked to leave; the planner places nothing on them, and
+                          the scaling signal removes them first (scheduler/scale_signal.py)
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import redis
+
+from warmstart.infra.errors import UnknownWorkerError
+from warmstart.infra.redis_client import key, redis_errors
+
+LEAVING = key("scale", "leaving")
+
+
+def not_leaving(client: "redis.Redis[str]", worker: str) -> None:
+    """Take ``worker`` off ``scale:leaving`` (it starts, or it has left): a later worker of the
+    same name must not be kept empty."""
+    with redis_errors(client, "clearing the leaving mark"):
+        client.srem(LEAVING, worker)
+
+
+def hand_over(client: "redis.Redis[str]", registry: Any, worker: str, timeout_s: float, poll_s: float = 1.0) -> list[str]:
+    """Ask the beat to place ``worker``'s models elsewhere (``scale:leaving``) and wait until
+    each model HOT on it is HOT on another live worker, at most ``timeout_s``.
+
+    Returns:
+        The models not handed over in time (empty: done). With no other live worker, or no
+        beat planning, there is nobody to hand over to: it returns at once with every HOT
+        model (demoted last, when the worker exits).
+
+    Raises:
+        UnknownWorkerError: no live worker has this name (nothing is marked).
+        StateUnavailableError: Redis failed.
+    """
+    alive = registry.workers()[0]
+    if worker not in alive:
+        known = ", ".join(sorted(alive)) or "none"
+        raise UnknownWorkerError(
+            f"no live worker is named {worker!r} (live: {known}); `warmstart status` lists the workers"
+        )
+    with redis_errors(client, "marking the worker as leaving"):
+        client.sadd(LEAVING, worker)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        pending = [m for m, s in registry.models_of(worker).items() if s.get("tier") == "HOT"]
+        pending = [m for m in pending if not [w for w in registry.hot_workers(m) if w != worker]]
+        others = [w for w in registry.workers()[0] if w != worker]
+        # No other worker, or no beat to place the models: nobody can take them.
+        if not pending or not others or not registry.planner_alive() or time.monotonic() >= deadline:
+            return pending
+        time.sleep(poll_s)

@@ -1,0 +1,277 @@
+"""A second version of a model beside the one that serves: staged, checked, then switched to.
+
+Moving a model's ``live`` alias must not make a request wait for a restore. So a worker that
+serves the model first **stages** the new version beside the current one: fetched (and
+verified) into the cache, restored, warmed up on its golden inputs and the model's recent real
+requests, and checked against its golden outputs, while the current version keeps serving.
+Only then does the alias move, and each worker **switches**: under the model's slot lock the
+slot takes the staged modules in one step, its queue staying open. Requests that leased the
+old module finish on it (their answers name the old version); every later one runs on the new.
+
+Budgets (the pool's rule, :mod:`warmstart.workers.pool`): a staged version counts against the
+HOST and DEVICE budgets from the moment it is decided until it is switched to or discarded, as a
+reservation under the name ``<model>@<version>``; while a model is being staged or is staged,
+its serving copy is never chosen to make room. Staged versions are not published to the
+registry and not health-checked by the health loop: they take no traffic until switched to.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from warmstart.infra.errors import ModelStateError
+from warmstart.infra.tiers import Tier
+from warmstart.snapshot.names import validate_name
+from warmstart.snapshot.restore import restore_model
+from warmstart.workers.slots import Slot
+from warmstart.workers.warmup import run_with_deadline
+
+if TYPE_CHECKING:
+    from warmstart.workers.pool import ModelPool
+
+log = logging.getLogger(__name__)
+
+
+class VersionStager:
+    """The staged versions of one pool (at most one per model)."""
+
+    def __init__(self, pool: "ModelPool") -> None:
+        self.pool = pool
+        self._lock = threading.Lock()  # guards staged and _busy (dict and set operations only)
+        self.staged: dict[str, Slot] = {}
+        self._busy: set[str] = set()  # models being staged
+
+    def pinned(self) -> set[str]:
+        """Models whose serving copy must not be demoted to make room (being staged, staged)."""
+        with self._lock:
+            return set(self.staged) | set(self._busy)
+
+    def stage(self, model: str, version: str) -> dict[str, Any]:
+        """Load ``version`` of ``model`` beside the serving one and check it (no traffic).
+
+        Raises:
+            UnknownModelError: the version is not published.
+            IntegrityError, SnapshotError: its snapshot failed verification or restore.
+            BudgetError: it does not fit beside what this worker holds.
+            HealthCheckError: it failed its golden check (nothing is kept).
+            ModelStateError: the model is being staged here already.
+        """
+        validate_name(model)
+        validate_name(version, "version")
+        pool = self.pool
+        with self._lock:
+            if model in self._busy:
+                raise ModelStateError(f"{model!r} is being staged on {pool.worker} already; retry when it is done")
+            held = self.staged.get(model)
+            if held is not None and held.version == version:
+                return self._report(held, 0.0)
+            self._busy.add(model)
+        t0 = time.perf_counter()
+        staged = Slot(f"{model}@{version}")  # the reservations' name; never in pool.slots
+        try:
+            self.discard(model)
+            current = pool.slots.get(model)
+            staged.manifest = pool._manifest(model, version)
+            staged.local = pool.cache.fetch(pool.store, staged.manifest)
+            size = staged.size_bytes
+            pool._reserve(staged, Tier.HOST, size)
+            pool._reserve(staged, Tier.DEVICE, size)
+            pool._restore_host(staged)  # counts what the module really holds, too
+            if staged.held_bytes > size:
+                pool._reserve(staged, Tier.DEVICE, staged.held_bytes)
+            if pool.device.type == "cpu":
+                staged.device_module = staged.host_module
+            else:
+                staged.device_module = restore_model(
+                    staged.local.weights_path, staged.manifest, device=str(pool.device), populate=False,
+                    allowed_architectures=pool.settings.allowed_architectures,
+                )  # fmt: skip
+            if current is not None:  # warm up on the model's recent real requests too
+                try:
+                    staged.samples.extend(list(current.samples))
+                except RuntimeError:  # appended to meanwhile: the golden inputs suffice
+                    pass
+            pool._warm_and_check(staged, max(1, pool.settings.warmup_max_runs))
+            staged.tier = Tier.HOT
+        except BaseException:
+            self._release(staged)
+            with self._lock:
+                self._busy.discard(model)
+            raise
+        with self._lock:
+            self.staged[model] = staged
+            self._busy.discard(model)
+        seconds = time.perf_counter() - t0
+        log.info("staged %s version %s beside %s in %.2f s", model, version,
+                 pool.slots[model].version if model in pool.slots else "nothing", seconds)  # fmt: skip
+        return self._report(staged, seconds)
+
+    def switch(self, model: str, version: str) -> dict[str, Any]:
+        """Serve the staged ``version`` of ``model`` from now on, without closing its queue.
+
+        Raises:
+            ModelStateError: that version is not staged here (stage it first).
+        """
+        validate_name(model)
+        validate_name(version, "version")
+        pool = self.pool
+        with pool._locked(model) as slot:
+            with self._lock:
+                staged = self.staged.get(model)
+                if staged is None or staged.version != version:
+                    have = staged.version if staged else "none"
+                    raise ModelStateError(
+                        f"version {version!r} of {model!r} is not staged on {pool.worker} (staged: {have}); "
+                        "stage it first (`warmstart alias` does both)"
+                    )
+                del self.staged[model]
+            previous = slot.version
+            slot.manifest, slot.local, slot.golden = staged.manifest, staged.local, staged.golden
+            slot.host_module, slot.device_module = staged.host_module, staged.device_module
+            slot.held_bytes, slot.warmup = staged.held_bytes, staged.warmup
+            slot.health, slot.last_error, slot.failure, slot.failures = "ok", None, None, 0
+            slot.samples.clear()  # the old version's inputs may not fit the new one's spec
+            slot.tier, slot.hot_at, slot.warmed_by_request = Tier.HOT, time.time(), False
+            slot.last_used_s = time.monotonic()
+            # The slot's bytes now count as a resident; the staged reservation is let go.
+            self._release(staged, drop=False)
+            pool._open_gate(slot)  # a no-op when it was serving already
+            pool.publish(slot)
+            slot.changed.notify_all()
+        log.info("%s switched from version %s to %s", model, previous, version)
+        return {"worker": pool.worker, "model": model, "version": version, "previous": previous}
+
+    def shadow(self, model: str, version: str, rounds: int = 3) -> dict[str, Any]:
+        """Replay the model's recent real requests through the serving and the staged version,
+        side by side, and report what each did (no traffic involved; nothing is answered).
+
+        Each recorded request runs ``rounds`` times on each version, alternating, so that both
+        see the same machine. With no recorded request, the golden inputs stand in (and the
+        report says so: the golden check has already passed on them).
+
+        Returns:
+            ``{"requests", "source", "serving": {...}, "staged": {...}, "max_abs_diff"}`` where each
+            version's part is ``{"version", "errors", "non_finite", "p50_ms", "p99_ms",
+            "first_error"}`` and ``max_abs_diff`` compares outputs of requests both answered.
+
+        Raises:
+            ModelStateError: the version is not staged here, or the model is not HOT here.
+        """
+        pool = self.pool
+        with self._lock:
+            staged = self.staged.get(model)
+        if staged is None or staged.version != version:
+            raise ModelStateError(f"version {version!r} of {model!r} is not staged on {pool.worker}; stage it first")
+        with pool._locked(model) as slot:
+            if slot.tier != Tier.HOT or slot.device_module is None:
+                raise ModelStateError(f"{model!r} is not HOT on {pool.worker}: nothing to compare the new version with")
+            serving, serving_version = slot.device_module, slot.version
+            try:
+                recorded = list(slot.samples)
+            except RuntimeError:
+                recorded = []
+            slot.in_flight += 1  # a lease: the serving module is not dropped under the replay
+        try:
+            source = "recent requests" if recorded else "golden inputs"
+            inputs = recorded or [staged.golden[0]]  # type: ignore[index]
+            runs: dict[str, dict[str, Any]] = {
+                "serving": {"version": serving_version, "module": serving, "latencies": [], "outputs": [], "errors": 0,
+                            "non_finite": 0, "first_error": None},
+                "staged": {"version": version, "module": staged.device_module, "latencies": [], "outputs": [], "errors": 0,
+                           "non_finite": 0, "first_error": None},
+            }  # fmt: skip
+            for sample in inputs:
+                device_inputs = pool._to_device(sample)
+                for _ in range(max(1, rounds)):
+                    for run in runs.values():
+                        _replay(run, device_inputs, pool.settings.health_timeout_s)
+            diff = _max_abs_diff(runs["serving"]["outputs"], runs["staged"]["outputs"])
+            report = {"requests": len(inputs), "rounds": rounds, "source": source, "max_abs_diff": diff}
+            for name, run in runs.items():
+                report[name] = {
+                    "version": run["version"], "errors": run["errors"], "non_finite": run["non_finite"],
+                    "p50_ms": _percentile(run["latencies"], 50), "p99_ms": _percentile(run["latencies"], 99),
+                    "first_error": run["first_error"],
+                }  # fmt: skip
+            return report
+        finally:
+            with slot.lock:
+                slot.in_flight -= 1
+                slot.changed.notify_all()
+
+    def discard(self, model: str) -> bool:
+        """Drop a staged version of ``model`` (a rollout that stopped); True when one was."""
+        with self._lock:
+            staged = self.staged.pop(model, None)
+        if staged is None:
+            return False
+        self._release(staged)
+        log.info("discarded the staged version %s of %s", staged.version, model)
+        return True
+
+    def status(self) -> dict[str, str | None]:
+        with self._lock:
+            return {m: s.version for m, s in self.staged.items()}
+
+    def _release(self, staged: Slot, drop: bool = True) -> None:
+        for level in (Tier.HOST, Tier.DEVICE):
+            self.pool._unreserve(staged, level)
+        if drop:
+            staged.host_module = staged.device_module = None
+            gc.collect()
+
+    def _report(self, staged: Slot, seconds: float) -> dict[str, Any]:
+        warm = staged.warmup
+        return {
+            "worker": self.pool.worker,
+            "model": staged.model.split("@", 1)[0],
+            "version": staged.version,
+            "staged_s": round(seconds, 3),
+            "settled_latency_ms": warm.settled_latency_s * 1000 if warm else None,
+            "warmup_runs": warm.runs if warm else None,
+        }
+
+
+def _replay(run: dict[str, Any], inputs: dict[str, Any], timeout_s: float) -> None:
+    """One recorded request on one version: its latency, and whether it failed or went non-finite."""
+    t0 = time.perf_counter()
+    try:
+        outputs = run_with_deadline(run["module"], inputs, timeout_s)
+    except Exception as e:  # the version's own failure on a real request: counted, not raised
+        run["errors"] += 1
+        run["outputs"].append(None)
+        run["first_error"] = run["first_error"] or f"{type(e).__name__}: {e}"[:300]
+        return
+    run["latencies"].append((time.perf_counter() - t0) * 1000)
+    finite = all(bool(torch.isfinite(t).all()) for t in outputs.values() if t.is_floating_point())
+    if not finite:
+        run["non_finite"] += 1
+        run["first_error"] = run["first_error"] or "non-finite outputs"
+    run["outputs"].append(outputs if finite else None)
+
+
+def _max_abs_diff(a: list[Any], b: list[Any]) -> float | None:
+    worst: float | None = None
+    for x, y in zip(a, b):
+        if x is None or y is None or set(x) != set(y):
+            continue
+        for name in x:
+            if x[name].shape != y[name].shape:
+                return float("inf")  # incompatible outputs
+            if x[name].numel():
+                d = float((x[name].double() - y[name].double()).abs().max())
+                worst = d if worst is None else max(worst, d)
+    return worst
+
+
+def _percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))], 3)
