@@ -44,6 +44,10 @@ def verdicts(result: dict[str, Any]) -> dict[str, bool]:
     }
     if "good" in result:
         out["good_promoted"] = bool(result["good"].get("promoted"))
+        asked = result.get("config", {}).get("canary_share")
+        observed = (result["good"].get("canary") or {}).get("observed_share")
+        if asked:
+            out["canary_share_within_5_points"] = observed is not None and abs(observed - asked) <= 0.05
     if "bad" in result:
         out["bad_rolled_back_before_serving"] = bool(result["bad"].get("rolled_back")) and result["bad"].get("served_by_bad") == 0
     if "slow" in result:
@@ -59,9 +63,10 @@ def rollout_tables(result: dict[str, Any]) -> list[Any]:
         p = result.get(phase)
         if p is None:
             continue
+        share = (p.get("canary") or {}).get("observed_share")
+        canary = f", canary {share:.1%}" if share is not None else ""
         outcome = {
-            "good": f"promoted in {p.get('seconds_to_promote', 0):.1f} s, {p.get('served_by_new_share', 0):.0%} by it"
-            if p.get("promoted") else "NOT promoted",
+            "good": f"promoted in {p.get('seconds_to_promote', 0):.1f} s{canary}" if p.get("promoted") else "NOT promoted",
             "bad": ("rolled back" if p.get("rolled_back") else "NOT rolled back") + f", served {p.get('served_by_bad')}",
             "slow": "rolled back" if p.get("rolled_back") else "NOT rolled back",
             "drain": f"worker stopped in {p.get('seconds_to_stop', 0):.1f} s",

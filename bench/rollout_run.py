@@ -37,6 +37,8 @@ class RolloutBenchConfig:
     seed: int = 5
     workdir: Path | None = None
     phases: tuple[str, ...] = PHASES  # the demo runs ("good", "bad")
+    canary_share: float = 0.1  # asked of every rollout; the good one reaches its canary step
+    bake_s: float = 5.0
 
     def __post_init__(self) -> None:
         unknown = [p for p in self.phases if p not in PHASES]
@@ -195,12 +197,13 @@ def run_rollout_benchmark(cfg: RolloutBenchConfig, say: Say = print) -> dict[str
             load.phase = phase
             say(f"{phase}: rolling out {version}")
             t0 = time.monotonic()
-            start_rollout(store, rollouts, MODEL, version, ShadowLimits())
+            start_rollout(store, rollouts, MODEL, version, ShadowLimits(), canary_share=cfg.canary_share, bake_s=cfg.bake_s)
             record = finished()
             took = time.monotonic() - t0
             time.sleep(cfg.settle_s)
             outcomes[phase] = {"rolled_back": record["phase"] == "rolled_back", "reason": record.get("reason"),
-                               "history": [p for p, _ in record["history"]], "seconds": took}  # fmt: skip
+                               "history": [p for p, _ in record["history"]], "seconds": took,
+                               "canary": record.get("canary_report")}  # fmt: skip
             spans[-1].update(end_s=time.monotonic() - load.t0, outcome=record["phase"], version=version)
             say(f"{phase}: {record['phase']} in {took:.1f} s ({record.get('reason') or 'no failed check'})")
 

@@ -10,13 +10,15 @@ the lease advances it a step per tick, so it survives the command exiting and a 
    reports errors, non-finite outputs, latency and (for a compatible change) output agreement;
    :func:`judge_shadow` decides. A version that answers NaN on real inputs its golden inputs
    do not show is caught here, before any live request reaches it;
-3. **promote** — the ``live`` alias moves to V the way ``warmstart alias`` moves it: every
+3. **canary** (when ``canary_share`` > 0) — every worker serving the model stages V and answers
+   that share of the model's live requests with it, from any client, for ``bake_s``; the
+   workers count what each version did, and the beat reads it every tick
+   (:func:`judge_canary`): more errors, any non-finite answer or a slower p99 rolls back;
+4. **promote** — the ``live`` alias moves to V the way ``warmstart alias`` moves it: every
    serving worker stages V, then all switch, with no cold start (:mod:`warmstart.scheduler.alias`);
-4. **rolled_back** — at any step, when a check fails, a task fails or times out, or
+5. **rolled_back** — at any step, when a check fails, a task fails or times out, or
    ``warmstart rollback`` asks: the staged copy is discarded and the old version never stopped
    serving. After promotion, ``warmstart rollback`` moves ``live`` back the same way.
-
-Not built yet: the live canary share of traffic between shadow and promote (see docs/rollouts.md).
 
 Keys (under ``ws:``)::
 
@@ -57,7 +59,7 @@ ACTIVE = key("rollouts")
 #: How long a rollout waits for its model to be HOT somewhere (to pick a canary).
 NO_CANARY_WAIT_S = 30.0
 FINISHED = ("done", "rolled_back")
-PHASES = ("warm", "shadow", "promote") + FINISHED
+PHASES = ("warm", "shadow", "canary", "promote") + FINISHED  # canary only when its share > 0
 
 
 def rollout_key(model: str) -> str:
@@ -109,6 +111,8 @@ class ShadowLimits:
     min_slowdown_ms: float = 2.0  # ... and slower by more than this, to count (timer noise)
     compatible: bool = False  # outputs must agree with the serving version's
     atol: float = 1e-4  # ... within this
+    max_error_rate_increase: float = 0.01  # canary: its error rate at most the serving one's + this
+    min_canary_requests: int = 10  # canary: latency is judged from this many answers on
 
 
 def judge_shadow(report: dict[str, Any], limits: ShadowLimits) -> list[str]:
@@ -133,6 +137,39 @@ def judge_shadow(report: dict[str, Any], limits: ShadowLimits) -> list[str]:
     return reasons
 
 
+def merge_canary(reports: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Each version's counts over every canary worker (latency: the worst worker's). Pure."""
+    merged: dict[str, dict[str, Any]] = {}
+    for report in reports:
+        for version, c in report.get("versions", {}).items():
+            m = merged.setdefault(version, {"requests": 0, "errors": 0, "non_finite": 0, "p50_ms": None, "p99_ms": None})
+            for k in ("requests", "errors", "non_finite"):
+                m[k] += int(c.get(k) or 0)
+            for k in ("p50_ms", "p99_ms"):
+                if c.get(k) is not None:
+                    m[k] = c[k] if m[k] is None else max(m[k], c[k])
+    return merged
+
+
+def judge_canary(merged: dict[str, dict[str, Any]], new: str, old: str | None, limits: ShadowLimits) -> list[str]:
+    """The reasons to roll back, from live answers during the canary (empty: go on). Pure."""
+    n = merged.get(new, {"requests": 0, "errors": 0, "non_finite": 0, "p50_ms": None, "p99_ms": None})
+    o = merged.get(old or "", {"requests": 0, "errors": 0, "non_finite": 0, "p50_ms": None, "p99_ms": None})
+    reasons = []
+    if n["non_finite"]:
+        reasons.append(f"version {new} answered non-finite values on {n['non_finite']} of {n['requests']} live requests")
+    new_rate = n["errors"] / n["requests"] if n["requests"] else 0.0
+    old_rate = o["errors"] / o["requests"] if o["requests"] else 0.0
+    if n["errors"] and new_rate > old_rate + limits.max_error_rate_increase:
+        reasons.append(f"version {new} failed {n['errors']} of {n['requests']} live requests "
+                       f"({new_rate:.1%}, the serving version {old_rate:.1%})")  # fmt: skip
+    a, b = n["p99_ms"], o["p99_ms"]
+    if (n["requests"] >= limits.min_canary_requests and a is not None and b is not None
+            and a > limits.latency_bound * b and a - b > limits.min_slowdown_ms):  # fmt: skip
+        reasons.append(f"version {new} is slower live: p99 {a:.1f} ms against {b:.1f} ms (bound {limits.latency_bound}×)")
+    return reasons
+
+
 class Rollouts:
     """The records in Redis: start, read, step, cancel (each one atomic call)."""
 
@@ -142,7 +179,8 @@ class Rollouts:
         self._step = client.register_script(_STEP)
         self._cancel = client.register_script(_CANCEL)
 
-    def start(self, model: str, version: str, previous: str | None, limits: ShadowLimits, timeout_s: float) -> dict[str, Any]:
+    def start(self, model: str, version: str, previous: str | None, limits: ShadowLimits, timeout_s: float,
+              canary_share: float = 0.0, bake_s: float = 0.0) -> dict[str, Any]:  # fmt: skip
         """Record a new rollout at ``warm``.
 
         Raises:
@@ -153,7 +191,8 @@ class Rollouts:
             "id": uuid.uuid4().hex[:12], "model": model, "version": version, "previous": previous,
             "phase": "warm", "phase_at": now, "started_at": now, "history": [["warm", now]],
             "canary": None, "task": None, "cancel": False, "reason": None, "shadow": None, "switched": None,
-            "limits": limits.__dict__, "timeout_s": timeout_s,
+            "limits": limits.__dict__, "timeout_s": timeout_s, "canary_share": canary_share, "bake_s": bake_s,
+            "canary_tasks": None, "canary_workers": [], "bake_from": None, "canary_report": None,
         }  # fmt: skip
         with redis_errors(self.client, f"starting a rollout of {model!r}"):
             running = self._start(keys=[rollout_key(model), ACTIVE], args=[model, json.dumps(record)])
@@ -197,17 +236,21 @@ class Rollouts:
         return json.loads(raw) if raw else None
 
 
-def start_rollout(store: SnapshotStore, rollouts: Rollouts, model: str, version: str,
-                  limits: ShadowLimits, timeout_s: float = 300.0) -> dict[str, Any]:  # fmt: skip
+def start_rollout(store: SnapshotStore, rollouts: Rollouts, model: str, version: str, limits: ShadowLimits,
+                  timeout_s: float = 300.0, canary_share: float = 0.1, bake_s: float = 60.0) -> dict[str, Any]:  # fmt: skip
     """Check the request and record the rollout (the beat drives it).
 
     Raises:
         InvalidNameError: a name is not safe.
         SnapshotNotFoundError: the version is not published (the message lists those that are).
-        RolloutError: it is already live, or a rollout of the model is in progress.
+        RolloutError: it is already live, a rollout of the model is in progress, or the canary
+            share or bake time is out of range.
     """
     validate_name(model)
     validate_name(version, "version")
+    if not 0.0 <= canary_share <= 0.5 or not 0.0 <= bake_s <= 86400:
+        raise RolloutError(f"--canary-share must be within [0, 0.5] and --bake-s within [0, 86400] "
+                           f"(got {canary_share}, {bake_s}); 0 skips the canary step")  # fmt: skip
     try:
         read_manifest(store, model, version)
     except SnapshotNotFoundError as e:
@@ -216,7 +259,7 @@ def start_rollout(store: SnapshotStore, rollouts: Rollouts, model: str, version:
     live = get_alias(store, model, LIVE_ALIAS)
     if live == version:
         raise RolloutError(f"version {version!r} of {model!r} is already live; nothing to roll out")
-    return rollouts.start(model, version, live, limits, timeout_s)
+    return rollouts.start(model, version, live, limits, timeout_s, canary_share if bake_s > 0 else 0.0, bake_s)
 
 
 class RolloutDriver:
@@ -252,6 +295,9 @@ class RolloutDriver:
         if phase == "promote":
             self._promote(record)
             return
+        if phase == "canary":
+            self._canary(record)
+            return
         if time.time() - record["phase_at"] > record["timeout_s"]:
             self._roll_back(record, f"the {phase} step got no answer within {record['timeout_s']:.0f} s")
             return
@@ -274,7 +320,8 @@ class RolloutDriver:
             if reasons:
                 self._roll_back(record, "; ".join(reasons), shadow=answer)
             else:
-                self.rollouts.step(record, "promote", shadow=answer)
+                following = "canary" if record.get("canary_share") else "promote"
+                self.rollouts.step(record, following, shadow=answer)
 
     def _send(self, record: dict[str, Any]) -> None:
         model, version = record["model"], record["version"]
@@ -293,6 +340,50 @@ class RolloutDriver:
         task = self.app.send_task(TASK_VERSION, kwargs={"model": model, "version": version, "action": action},
                                   queue=control_queue(canary))  # fmt: skip
         self.rollouts.step(record, None, canary=canary, task=task.id)
+
+    def _canary(self, record: dict[str, Any]) -> None:
+        """Start the canary on every serving worker, then read and judge it each tick until
+        the bake time is over."""
+        model, version = record["model"], record["version"]
+        if record["bake_from"] is None and time.time() - record["phase_at"] > record["timeout_s"]:
+            self._roll_back(record, f"the canary did not start within {record['timeout_s']:.0f} s")
+            return
+        tasks = record.get("canary_tasks")
+        if tasks is None:
+            workers = sorted(set(self.registry.hot_workers(model)) | {record["canary"]})
+            action = "canary" if record["bake_from"] is None else "canary_report"
+            sent = {w: self.app.send_task(TASK_VERSION, kwargs={"model": model, "version": version, "action": action,
+                                                                 "share": record["canary_share"]},
+                                          queue=control_queue(w)).id for w in workers}  # fmt: skip
+            workers_now = sorted(set(record["canary_workers"]) | set(workers))
+            self.rollouts.step(record, None, canary_tasks=sent, canary_workers=workers_now)
+            return
+        results = {w: AsyncResult(t, app=self.app) for w, t in tasks.items()}
+        if not all(r.ready() for r in results.values()):
+            if record["bake_from"] is not None and time.time() - record["bake_from"] > record["bake_s"] + record["timeout_s"]:
+                self._roll_back(record, "the canary workers stopped answering")
+            return
+        answers = {w: r.get(timeout=1, propagate=False) for w, r in results.items()}
+        for r in results.values():
+            r.forget()
+        failed = {w: a for w, a in answers.items() if not isinstance(a, dict) or not a.get("ok")}
+        if failed:
+            why = "; ".join(f"{w}: {(a or {}).get('error', {}).get('message', a)}" for w, a in failed.items())
+            self._roll_back(record, f"canary failed ({why})")
+            return
+        if record["bake_from"] is None:  # every serving worker answers its share from now on
+            self.rollouts.step(record, None, canary_tasks=None, bake_from=time.time())
+            return
+        merged = merge_canary(list(answers.values()))
+        reasons = judge_canary(merged, version, record["previous"], ShadowLimits(**record["limits"]))
+        new, old = merged.get(version, {}).get("requests", 0), merged.get(record["previous"] or "", {}).get("requests", 0)
+        report = {"versions": merged, "observed_share": new / (new + old) if new + old else None}
+        if reasons:
+            self._roll_back(record, "; ".join(reasons), canary_report=report)
+        elif time.time() - record["bake_from"] >= record["bake_s"]:
+            self.rollouts.step(record, "promote", canary_report=report)
+        else:
+            self.rollouts.step(record, None, canary_tasks=None, canary_report=report)
 
     def _promote(self, record: dict[str, Any]) -> None:
         model = record["model"]
@@ -326,6 +417,6 @@ class RolloutDriver:
             log.warning("rollout of %s to %s rolled back: %s", record["model"], record["version"], reason)
 
     def _discard_canary(self, record: dict[str, Any]) -> None:
-        if record.get("canary"):
+        for worker in sorted(set(record.get("canary_workers") or []) | ({record["canary"]} if record.get("canary") else set())):
             self.app.send_task(TASK_VERSION, kwargs={"model": record["model"], "version": record["version"],
-                                                     "action": "discard"}, queue=control_queue(record["canary"]))  # fmt: skip
+                                                     "action": "discard"}, queue=control_queue(worker))  # fmt: skip

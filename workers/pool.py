@@ -569,8 +569,14 @@ class ModelPool:
             WarmstartError: the model cannot be made HOT here (the cause's own type).
         """
         lease = self._lease(model)
+        canary = self.versions.pick_canary(model)  # a rollout's canary share (workers/versions.py)
+        if canary is not None:
+            self._give_back(lease)
+            lease = canary
+        outcome, t0 = "invalid", time.perf_counter()  # a bad request counts against no version
         try:
             inputs = decode_inputs(inputs_payload, lease.manifest.inputs, max_bytes=self.settings.max_payload_bytes)
+            outcome = "error"
             started = time.time()
             t0 = time.perf_counter()
             try:
@@ -586,8 +592,11 @@ class ModelPool:
             try:
                 check_finite(outputs, model)
             except WarmstartError:
-                threading.Thread(target=self.check_health, args=(model,), daemon=True).start()
+                outcome = "non_finite"
+                if canary is None:  # the serving version: check it; a canary is judged by the beat
+                    threading.Thread(target=self.check_health, args=(model,), daemon=True).start()
                 raise
+            outcome = "ok"
             if sum(t.nbytes for t in inputs.values()) <= SAMPLE_MAX_BYTES:
                 lease.slot.samples.append(inputs)
             return {
@@ -600,6 +609,8 @@ class ModelPool:
                 "batch_size": batch_size,
             }
         finally:
+            if outcome != "invalid":
+                self.versions.record(model, lease.manifest.version, outcome, time.perf_counter() - t0)
             self._give_back(lease)
 
     def _forward(self, lease: Lease, inputs: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], int]:

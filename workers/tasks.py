@@ -67,7 +67,7 @@ KEEP_WARM_ARGS = _signature("model")
 HEALTH_CHECK_ARGS = _signature(model=None)
 STATUS_ARGS = _signature()
 ECHO_ARGS = _signature(payload=None)
-VERSION_ARGS = _signature("model", "version", "action")
+VERSION_ARGS = _signature("model", "version", "action", share=None)
 
 
 def bind_arguments(task: str, signature: inspect.Signature, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -228,10 +228,12 @@ def status(*args: Any, **kwargs: Any) -> dict[str, Any]:
 
 @app.task(name=TASK_VERSION)
 def version(*args: Any, **kwargs: Any) -> dict[str, Any]:
-    """``(model, version, action)``: ``stage`` a version beside the serving one (restored,
-    warmed up and golden-checked, no traffic), ``shadow`` (replay recent real requests through
-    both and report), ``switch`` to the staged version without closing the model's queue, or
-    ``discard`` it (workers/versions.py; `warmstart alias`, `warmstart deploy`)."""
+    """``(model, version, action, share=None)``: ``stage`` a version beside the serving one
+    (restored, warmed up and golden-checked, no traffic), ``shadow`` (replay recent real
+    requests through both and report), ``canary`` (answer ``share`` of live requests with it,
+    counting both versions), ``canary_report``, ``switch`` to the staged version without
+    closing the model's queue, or ``discard`` it (workers/versions.py; `warmstart alias`,
+    `warmstart deploy`)."""
 
     def work() -> dict[str, Any]:
         arguments = bind_arguments(TASK_VERSION, VERSION_ARGS, args, kwargs)
@@ -247,7 +249,12 @@ def version(*args: Any, **kwargs: Any) -> dict[str, Any]:
             return {"model": model, "version": name, "discarded": versions.discard(model)}
         if action == "shadow":
             return versions.shadow(model, name)
-        raise InvalidInputError(f"{TASK_VERSION}: action must be stage, shadow, switch or discard, got {action!r}")
+        if action == "canary":
+            return versions.start_canary(model, name, arguments["share"])
+        if action == "canary_report":
+            return versions.canary_report(model)
+        raise InvalidInputError(
+            f"{TASK_VERSION}: action must be stage, shadow, canary, canary_report, switch or discard, got {action!r}")
 
     return _answer(TASK_VERSION, work)
 

@@ -29,13 +29,16 @@ pytestmark = pytest.mark.integration
 
 
 def test_rollouts_promote_the_good_version_and_roll_back_the_bad_and_the_slow(
-        worker_settings, publish, start_worker) -> None:  # fmt: skip
+        worker_settings, publish, start_worker, tmp_path) -> None:  # fmt: skip
     # Eager in prod: the beat keeps the model HOT on both workers, whatever its policy says.
     values = {**worker_settings, "plan_interval_s": 0.3, "scale_min_workers": 2, "profile": "prod", "eager_models": ["ro"]}
     settings = load_settings(**values)
     modules = {"v1": publish("ro", seed=1), "v2": publish("ro", version="v2", seed=2)}
     publish("ro", version="v3", seed=1, nan_above=4.0)  # NaN only on inputs far from its goldens
     publish("ro", version="v4", seed=2, delay_s=0.05)  # slow
+    broken = tmp_path / "v5.flag"
+    publish("ro", version="v5", flaky_flag=broken)
+    broken.write_text("offset")  # v5 fails its golden check: the warm step must stop it
     for name in ("w-r1", "w-r2"):
         start_worker(name, profile="prod", eager_models=["ro"])
     beat = ChildProcess(["beat", "--loglevel", "WARNING"], values).start()
@@ -76,31 +79,40 @@ def test_rollouts_promote_the_good_version_and_roll_back_the_bad_and_the_slow(
             wait_for(lambda: len(answers) >= 40, timeout_s=60, what="recorded requests")  # the shadow replays them
             limits = ShadowLimits()
 
-            start_rollout(store, rollouts, "ro", "v2", limits)
+            start_rollout(store, rollouts, "ro", "v2", limits, canary_share=0.3, bake_s=2.0)
             good = wait_for(finished, timeout_s=120, what="the good rollout ends")
             assert good["phase"] == "done", (good["reason"], good["history"], good["shadow"])
-            assert [p for p, _ in good["history"]] == ["warm", "shadow", "promote", "done"]
+            assert [p for p, _ in good["history"]] == ["warm", "shadow", "canary", "promote", "done"]
             assert good["shadow"]["source"] == "recent requests" and good["shadow"]["staged"]["non_finite"] == 0
+            # The canary: both workers answered a share of live requests with v2, counted per version.
+            canary = good["canary_report"]
+            assert good["canary_workers"] == ["w-r1", "w-r2"] and canary["versions"]["v2"]["requests"] > 0
+            assert 0.1 < canary["observed_share"] < 0.5, canary
             assert get_alias(store, "ro", "live") == "v2" and set(good["switched"]) == {"w-r1", "w-r2"}
             after_good = len(answers)
 
-            start_rollout(store, rollouts, "ro", "v3", limits)
+            start_rollout(store, rollouts, "ro", "v3", limits, canary_share=0.3, bake_s=2.0)
             bad = wait_for(finished, timeout_s=120, what="the bad rollout ends")
             assert bad["phase"] == "rolled_back" and "non-finite" in bad["reason"], bad
             assert [p for p, _ in bad["history"]] == ["warm", "shadow", "rolled_back"]
 
-            start_rollout(store, rollouts, "ro", "v4", limits)
+            start_rollout(store, rollouts, "ro", "v4", limits, canary_share=0.0)
             with pytest.raises(RolloutError, match="in progress"):
-                start_rollout(store, rollouts, "ro", "v3", limits)
+                start_rollout(store, rollouts, "ro", "v3", limits, canary_share=0.3, bake_s=2.0)
             slow = wait_for(finished, timeout_s=120, what="the slow rollout ends")
             assert slow["phase"] == "rolled_back" and "slower" in slow["reason"], slow
 
-            start_rollout(store, rollouts, "ro", "v4", limits)
+            start_rollout(store, rollouts, "ro", "v5", limits, canary_share=0.3, bake_s=2.0)
+            unready = wait_for(finished, timeout_s=120, what="the broken rollout ends")
+            assert unready["phase"] == "rolled_back" and "HealthCheckError" in unready["reason"], unready
+            assert [p for p, _ in unready["history"]] == ["warm", "rolled_back"]
+
+            start_rollout(store, rollouts, "ro", "v4", limits, canary_share=0.0)
             rollouts.cancel("ro", "test")
             cancelled = wait_for(finished, timeout_s=120, what="the cancelled rollout ends")
             assert cancelled["phase"] == "rolled_back" and "by hand" in cancelled["reason"]
             with pytest.raises(RolloutError, match="already live"):
-                start_rollout(store, rollouts, "ro", "v2", limits)
+                start_rollout(store, rollouts, "ro", "v2", limits, canary_share=0.0)
             count = len(answers)
             wait_for(lambda: len(answers) >= count + 10, timeout_s=60)
         finally:
@@ -110,7 +122,7 @@ def test_rollouts_promote_the_good_version_and_roll_back_the_bad_and_the_slow(
 
         assert all(isinstance(a, tuple) and a[1] for a in answers), [a for a in answers if not (isinstance(a, tuple) and a[1])][:3]
         versions = [a[0] for a in answers]  # type: ignore[index]
-        assert "v3" not in versions and "v4" not in versions  # the bad and the slow served nobody
+        assert not {"v3", "v4", "v5"} & set(versions)  # the bad, the slow and the broken served nobody
         assert set(versions[after_good + 10:]) == {"v2"} and get_alias(store, "ro", "live") == "v2"
         assert {registry.models_of(w)["ro"]["version"] for w in ("w-r1", "w-r2")} == {"v2"}
 
@@ -121,7 +133,7 @@ def test_rollouts_promote_the_good_version_and_roll_back_the_bad_and_the_slow(
 
         back = cli("rollback", "ro")  # the last rollout was rolled back: nothing went live to undo
         assert back.returncode == 2 and "no previous version" in back.stderr
-        start_rollout(store, rollouts, "ro", "v1", ShadowLimits())  # v1 again, as a new version
+        start_rollout(store, rollouts, "ro", "v1", ShadowLimits(), canary_share=0.0)  # v1 again, as a new version
         assert wait_for(finished, timeout_s=120)["phase"] == "done" and get_alias(store, "ro", "live") == "v1"
         back = cli("rollback", "ro")  # after a promotion: live goes back, staged and checked first
         assert back.returncode == 0, back.stderr

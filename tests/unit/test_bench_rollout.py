@@ -53,3 +53,31 @@ def test_the_shadow_judgement_names_each_reason_to_roll_back() -> None:
     # Output agreement is judged only for a change declared compatible.
     assert judge_shadow(_report(_side("v2"), diff=0.5), limits) == []
     assert "differ by up to 0.5" in judge_shadow(_report(_side("v2"), diff=0.5), ShadowLimits(compatible=True))[0]
+
+
+def test_the_canary_judgement_merges_workers_and_names_each_reason() -> None:
+    from warmstart.scheduler.rollout import judge_canary, merge_canary
+
+    def side(requests: int, errors: int = 0, non_finite: int = 0, p99: float = 2.0) -> dict[str, Any]:
+        return {"requests": requests, "errors": errors, "non_finite": non_finite, "p50_ms": 1.0, "p99_ms": p99}
+
+    merged = merge_canary([{"versions": {"v1": side(90), "v2": side(10, p99=2.5)}},
+                           {"versions": {"v1": side(80, p99=3.0), "v2": side(12)}}])
+    assert merged["v1"]["requests"] == 170 and merged["v2"]["requests"] == 22 and merged["v1"]["p99_ms"] == 3.0
+    limits = ShadowLimits()
+    assert judge_canary(merged, "v2", "v1", limits) == []
+    assert "non-finite values on 1 of 20" in judge_canary({"v2": side(20, non_finite=1), "v1": side(100)}, "v2", "v1", limits)[0]
+    assert "failed 3 of 20" in judge_canary({"v2": side(20, errors=3), "v1": side(100, errors=1)}, "v2", "v1", limits)[0]
+    # As many failures as the serving version has (rate-wise): not the new version's fault.
+    assert judge_canary({"v2": side(100, errors=5), "v1": side(100, errors=5)}, "v2", "v1", limits) == []
+    assert "slower live" in judge_canary({"v2": side(20, p99=9.0), "v1": side(100, p99=2.0)}, "v2", "v1", limits)[0]
+    # Too few answers to judge latency.
+    assert judge_canary({"v2": side(3, p99=9.0), "v1": side(100, p99=2.0)}, "v2", "v1", limits) == []
+
+
+def test_the_canary_share_target_is_judged_against_the_asked_share() -> None:
+    clean = {"failed": 0, "lost": 0, "cold_waits": 0}
+    result = {"config": {"canary_share": 0.1}, "good": {**clean, "promoted": True, "canary": {"observed_share": 0.13}}}
+    assert verdicts(result)["canary_share_within_5_points"]
+    result["good"]["canary"]["observed_share"] = 0.2
+    assert not verdicts(result)["canary_share_within_5_points"]

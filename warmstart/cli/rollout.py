@@ -22,6 +22,13 @@ def _show(record: dict[str, Any]) -> str:
         line += (f"\n  shadow on {shadow['requests']} {shadow['source']}: errors {new['errors']} (serving {old['errors']}), "
                  f"non-finite {new['non_finite']}, p99 {new['p99_ms']} ms (serving {old['p99_ms']} ms), "
                  f"max |diff| {shadow['max_abs_diff']}")  # fmt: skip
+    canary = record.get("canary_report")
+    if canary:
+        new = canary["versions"].get(record["version"], {})
+        share = canary.get("observed_share")
+        line += (f"\n  canary ({record['canary_share']:.0%} asked) on {', '.join(record['canary_workers'])}: "
+                 f"{share if share is None else f'{share:.1%}'} answered by {record['version']}, "
+                 f"errors {new.get('errors')}, non-finite {new.get('non_finite')}, p99 {new.get('p99_ms')} ms")  # fmt: skip
     if record.get("reason"):
         line += f"\n  reason: {record['reason']}"
     return line
@@ -34,15 +41,20 @@ def _show(record: dict[str, Any]) -> str:
               help="Roll back when the new version's p50 or p99 on replayed requests exceeds this × the serving one's.")
 @click.option("--compatible", is_flag=True, help="Outputs must agree with the serving version's (within --atol).")
 @click.option("--atol", type=float, default=1e-4, show_default=True)
+@click.option("--canary-share", type=float, default=0.1, show_default=True,
+              help="The share of live requests the new version answers during the bake (0: no canary step).")
+@click.option("--bake-s", type=float, default=60.0, show_default=True, help="How long the canary runs.")
 @click.option("--timeout-s", type=float, default=300.0, show_default=True, help="The most one step may take.")
 @click.option("--wait", is_flag=True, help="Follow it until it ends; exit 2 when it is rolled back.")
 @click.pass_context
 def deploy(ctx: click.Context, model: str, version: str, latency_bound: float, compatible: bool, atol: float,
-           timeout_s: float, wait: bool) -> None:  # fmt: skip
+           canary_share: float, bake_s: float, timeout_s: float, wait: bool) -> None:  # fmt: skip
     """Roll VERSION of MODEL out: a canary worker loads it beside the serving version and checks
     it (golden outputs), replays recent real requests through both (errors, non-finite outputs,
-    latency, agreement), then every serving worker switches with no cold start. Any failed
-    check rolls it back. A running `warmstart beat` drives it."""
+    latency, agreement), then answers --canary-share of live requests with it on every serving
+    worker for --bake-s (errors, non-finite answers and latency watched), then every serving
+    worker switches with no cold start. Any failed check rolls it back. A running `warmstart
+    beat` drives it."""
     from warmstart.cli import settings_from
     from warmstart.infra.redis_client import connect
     from warmstart.scheduler.rollout import Rollouts, ShadowLimits, start_rollout
@@ -51,8 +63,9 @@ def deploy(ctx: click.Context, model: str, version: str, latency_bound: float, c
     settings = settings_from(ctx)
     rollouts = Rollouts(connect(settings.redis_url))
     limits = ShadowLimits(latency_bound=latency_bound, compatible=compatible, atol=atol)
-    record = start_rollout(open_store(settings), rollouts, model, version, limits, timeout_s)
-    click.echo(f"rollout {record['id']} of {model} to {version} started (warm → shadow → promote); "
+    record = start_rollout(open_store(settings), rollouts, model, version, limits, timeout_s, canary_share, bake_s)
+    steps = "warm → shadow → canary → promote" if record["canary_share"] else "warm → shadow → promote"
+    click.echo(f"rollout {record['id']} of {model} to {version} started ({steps}); "
                f"`warmstart rollout {model}` follows it")  # fmt: skip
     if not wait:
         return

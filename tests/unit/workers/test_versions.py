@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import torch
 
-from warmstart.infra.errors import BudgetError, HealthCheckError, ModelStateError, UnknownModelError
+from warmstart.infra.errors import BudgetError, HealthCheckError, InvalidInputError, ModelStateError, UnknownModelError
 from warmstart.infra.tiers import Tier
 from warmstart.snapshot.manifest import InputSpec
 from warmstart.workers.wire import decode_outputs, encode_tensor
@@ -114,3 +114,54 @@ def test_staging_an_unpublished_version_is_a_typed_error(kit: PoolKit) -> None:
     with pytest.raises(UnknownModelError, match="v9"):
         pool.versions.stage("m", "v9")
     assert pool.slot("m").version == "v1" and pool.versions.status() == {}
+
+
+def test_a_canary_answers_its_share_with_the_staged_version_and_counts_both(kit: PoolKit) -> None:
+    v1 = kit.publish("m", "v1", seed=1)
+    v2 = kit.publish("m", "v2", seed=2)
+    pool = kit.make_pool()
+    pool.ensure("m", Tier.HOT)
+    with pytest.raises(InvalidInputError, match="from 0 to 1"):
+        pool.versions.start_canary("m", "v2", 1.5)
+    pool.versions.start_canary("m", "v2", 0.3)
+    x = torch.rand(2, 8)
+    with torch.no_grad():
+        expected = {"v1": v1(x), "v2": v2(x)}
+    by_version = {"v1": 0, "v2": 0}
+    for _ in range(400):
+        answer = pool.infer("m", {"x": encode_tensor(x)})
+        (out,) = decode_outputs(answer["outputs"]).values()
+        assert torch.allclose(out, expected[answer["version"]], atol=1e-6)
+        by_version[answer["version"]] += 1
+    assert by_version["v2"] == 120, by_version  # 0.3 asked: every turn spread evenly, none drawn
+    report = pool.versions.canary_report("m")
+    assert report["share"] == 0.3
+    assert {v: c["requests"] for v, c in report["versions"].items()} == by_version
+    assert report["versions"]["v2"]["p99_ms"] is not None and report["versions"]["v2"]["errors"] == 0
+    with pytest.raises(InvalidInputError):  # a bad request counts against neither version
+        pool.infer("m", {"x": encode_tensor(torch.rand(2, 3))})
+    assert sum(c["requests"] for c in pool.versions.canary_report("m")["versions"].values()) == 400
+    pool.versions.discard("m")  # a rollback: only the serving version answers again
+    assert {pool.infer("m", {"x": encode_tensor(x)})["version"] for _ in range(30)} == {"v1"}
+    assert pool.versions.canary_report("m")["versions"] == {}
+
+
+def test_shadow_replays_recent_requests_and_reports_what_the_goldens_hide(kit: PoolKit) -> None:
+    kit.publish("m", "v1", seed=1)
+    kit.publish("m", "v2", seed=1, nan_above=4.0)  # NaN only on inputs unlike its goldens
+    pool = kit.make_pool()
+    pool.ensure("m", Tier.HOT)
+    with pytest.raises(ModelStateError, match="not staged"):
+        pool.versions.shadow("m", "v2")
+    for i in range(6):
+        x = torch.rand(1, 8)
+        if i % 2:
+            x[0, 0] = 10.0
+        pool.infer("m", {"x": encode_tensor(x)})
+    pool.versions.stage("m", "v2")  # its golden check passes
+    report = pool.versions.shadow("m", "v2", rounds=2)
+    assert report["source"] == "recent requests" and report["requests"] == 6 and report["rounds"] == 2
+    assert report["serving"]["non_finite"] == 0 and report["staged"]["non_finite"] == 3 * 2
+    assert report["serving"]["errors"] == report["staged"]["errors"] == 0
+    assert report["staged"]["p50_ms"] is not None and report["max_abs_diff"] == 0.0  # same weights elsewhere
+    assert pool.slot("m").in_flight == 0 and pool.slot("m").version == "v1"
