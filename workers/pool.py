@@ -25,7 +25,9 @@ the pool. Four kinds of lock guard it, and nothing else does:
    is never held while waiting for a slot's lock, doing I/O, restoring, or calling Redis or
    Celery.
 4. The lock of :class:`~warmstart.workers.versions.VersionStager` guards its dict of staged
-   versions and its set of models being staged (dict and set operations only). It is taken
+   versions, its set of models being staged, and a canary's share, turn count and per-version
+   counters (dict, set and counter operations only). A canary request leases the staged
+   slot under that slot's own lock, after the stager's lock is released. It is taken
    alone, or inside a slot's lock (a switch), never the other way round, and nothing is
    called while it is held. ``residents()`` takes it (inside ``_budget_lock``) to pin the
    models being staged: it is a leaf lock, held for a set copy.

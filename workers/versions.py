@@ -45,7 +45,9 @@ class VersionStager:
 
     def __init__(self, pool: "ModelPool") -> None:
         self.pool = pool
-        self._lock = threading.Lock()  # guards staged and _busy (dict and set operations only)
+        # Guards staged, _busy, canary_share, counters and _requests (dict, set and counter
+        # operations only; the pool's rule 4, workers/pool.py).
+        self._lock = threading.Lock()
         self.staged: dict[str, Slot] = {}
         self._busy: set[str] = set()  # models being staged
         #: model -> the share of its requests the staged version answers (a canary), and
