@@ -7,6 +7,12 @@ from typing import Any
 
 import click
 
+#: Options every benchmark that writes JSON, or works in a temporary directory, takes.
+json_option = click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                           help="Also write the result as JSON to this file.")  # fmt: skip
+workdir_option = click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=None,
+                              help="Parent of the run's temporary directory (default: the system temp dir).")  # fmt: skip
+
 
 @click.group()
 def bench() -> None:
@@ -25,8 +31,7 @@ def bench() -> None:
                    "Put it on the disk you want the cold-file numbers for.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="torch intra-op threads in every probe (default: torch's, one per core).")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Also write the result as JSON to this file.")
+@json_option
 @click.option("--hf-dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Instead: this Hugging Face folder, warmstart vs from_pretrained vs torch.load + init.")
 def restore(
@@ -67,10 +72,8 @@ def restore(
               help="Lazy cold starts, and as many naive ones; the median is reported.")
 @click.option("--warmup-requests", type=click.IntRange(min=0), default=20, show_default=True,
               help="Untimed inference/echo pairs before the timed ones.")
-@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Parent of the run's temporary directory (default: the system temp dir).")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Also write the result as JSON to this file.")
+@workdir_option
+@json_option
 def serve(
     size_mb: float, requests: int, cold_repeats: int, warmup_requests: int, workdir: Path | None,
     json_path: Path | None,
@@ -100,8 +103,7 @@ def serve(
               help="The batched model's max_wait_ms.")
 @click.option("--seq", type=click.IntRange(min=1, max=512), default=32, show_default=True,
               help="Tokens per request.")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Also write the result as JSON to this file.")
+@json_option
 def batch_bench(clients: int, requests: int, max_wait_ms: float, seq: int, json_path: Path | None) -> None:
     """Dynamic batching: a MiniLM-size encoder with batching off and on, and a bare Celery
     echo, from concurrent clients. Starts its own redis-server and worker."""
@@ -129,12 +131,10 @@ def batch_bench(clients: int, requests: int, max_wait_ms: float, seq: int, json_
 @click.option("--surge-factor", type=click.FloatRange(min=1), default=10.0, show_default=True,
               help="The surge's rate as a multiple of the night's.")
 @click.option("--max-workers", type=click.IntRange(min=1, max=8), default=3, show_default=True)
-@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Parent of the run's temporary directory (default: the system temp dir).")
+@workdir_option
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also draw workers and tiers over time, per mode, to this PNG.")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Also write the result as JSON to this file.")
+@json_option
 def autoscale_bench(modes: tuple[str, ...], minute_s: float, night_min: int, surge_min: int, after_min: int,
                     night_rate: float, surge_factor: float, max_workers: int, workdir: Path | None,
                     plot_path: Path | None, json_path: Path | None) -> None:
@@ -166,10 +166,8 @@ def _report(result: dict[str, Any], tables: Any, plot: Any, plot_path: Path | No
 
 @bench.command("rollout")
 @click.option("--rate", type=click.FloatRange(min=1), default=20.0, show_default=True, help="Requests per second, all phases.")
-@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Parent of the run's temporary directory (default: the system temp dir).")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Also write the result as JSON to this file.")
+@workdir_option
+@json_option
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also draw which version answered over time, phase by phase, to this PNG.")
 def rollout_bench(rate: float, workdir: Path | None, json_path: Path | None, plot_path: Path | None) -> None:
@@ -190,8 +188,7 @@ def rollout_bench(rate: float, workdir: Path | None, json_path: Path | None, plo
 @click.option("--workers", type=click.IntRange(min=1), default=100, show_default=True, help="Live workers.")
 @click.option("--history-min", type=click.IntRange(min=1), default=60, show_default=True,
               help="Minutes of traffic fed to the policies before the timed tick.")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Also write the result as JSON to this file.")
+@json_option
 def plan_bench(models: int, workers: int, history_min: int, json_path: Path | None) -> None:
     """One beat tick at scale (policy steps for one minute of every model, then plan()),
     for warmstart and the reference policies. No Redis: the pure part of the tick."""
@@ -212,8 +209,7 @@ def plan_bench(models: int, workers: int, history_min: int, json_path: Path | No
               help="Functions (models) after tiling the trace.")
 @click.option("--minutes", type=click.IntRange(min=2), default=1440, show_default=True,
               help="Minutes after tiling the trace.")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Also write the result as JSON to this file.")
+@json_option
 def replay_bench(trace_dir: Path, functions: int, minutes: int, json_path: Path | None) -> None:
     """Simulator speed: replay a trace tiled to FUNCTIONS × MINUTES under warmstart and the
     reference policies."""
@@ -246,12 +242,10 @@ def replay_bench(trace_dir: Path, functions: int, minutes: int, json_path: Path 
 @click.option("--visibility-timeout-s", type=click.FloatRange(min=0, min_open=True), default=5.0, show_default=True,
               help="When a dead worker's unacknowledged request goes to another worker.")
 @click.option("--seed", type=int, default=7, show_default=True, help="Seeds the request mix.")
-@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Parent of the run's temporary directory (default: the system temp dir).")
+@workdir_option
 @click.option("--logs-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Keep every worker's and beat's full log here.")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Also write the result as JSON to this file.")
+@json_option
 def faults(
     requests: int, rate_per_s: float, clients: int, faults_csv: str, answer_timeout_s: float, s3_outage_s: float,
     redis_down_s: float, visibility_timeout_s: float, seed: int, workdir: Path | None, logs_dir: Path | None,

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from celery import Celery
+from celery.result import AsyncResult
 
 from warmstart.infra.celery_app import TASK_PREWARM, TASK_VERSION, control_queue, create_app
 from warmstart.infra.errors import RolloutError, SnapshotNotFoundError
@@ -50,6 +51,13 @@ class AliasMove:
     #: workers that held the model below HOT and reload it at the new version.
     reloaded: list[str] = field(default_factory=list)
     seconds: float = 0.0
+
+
+def send_version_task(app: Celery, worker: str, model: str, version: str, action: str, **extra: Any) -> AsyncResult:
+    """Send one ``warmstart.version`` task (stage, shadow, canary, canary_report, switch,
+    discard) to a worker's control queue."""
+    return app.send_task(TASK_VERSION, kwargs={"model": model, "version": version, "action": action, **extra},
+                         queue=control_queue(worker))  # fmt: skip
 
 
 class AliasMover:
@@ -149,8 +157,7 @@ class AliasMover:
     def _ask(self, model: str, version: str, action: str, workers: dict[str, str], timeout_s: float) -> dict[str, dict[str, Any]]:
         """Send one version task to each worker (all at once) and collect the answers."""
         pending = {
-            w: self.app.send_task(TASK_VERSION, kwargs={"model": model, "version": version, "action": action},
-                                  queue=control_queue(w))  # fmt: skip
+            w: send_version_task(self.app, w, model, version, action)
             for w in workers
         }
         deadline = time.monotonic() + timeout_s

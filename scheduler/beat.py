@@ -153,9 +153,13 @@ class BeatScheduler:
 
     # --- leadership -----------------------------------------------------------------------
 
+    def lease_ttl_s(self) -> float:
+        """How long the lease (and the planner mark that goes with it) outlives a tick."""
+        return max(3 * self.settings.plan_interval_s, 5.0)
+
     def acquire_lease(self) -> bool:
         """True while this beat is the one that acts (lease renewed on every tick)."""
-        ttl_s = max(3 * self.settings.plan_interval_s, 5.0)
+        ttl_s = self.lease_ttl_s()
         held = self.lease.acquire(int(ttl_s * 1000))
         self._leader_until = time.monotonic() + ttl_s if held else 0.0
         return held
@@ -293,7 +297,7 @@ class BeatScheduler:
         # without a planner warms its own eager list instead of waiting.
         self.registry.publish_assignments(
             {w: [(m, t.name) for m, t in entries] for w, entries in result.assigned.items()},
-            self.id, max(3 * self.settings.plan_interval_s, 5.0))
+            self.id, self.lease_ttl_s())
         report.unplaced = list(result.unplaced)
         self._dispatch(result, workers, report, now_s)
         for name in dead:

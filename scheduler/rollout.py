@@ -44,10 +44,10 @@ import redis
 from celery import Celery
 from celery.result import AsyncResult
 
-from warmstart.infra.celery_app import TASK_VERSION, control_queue
 from warmstart.infra.errors import RolloutError, SnapshotNotFoundError, WarmstartError
 from warmstart.infra.redis_client import key, redis_errors
 from warmstart.infra.settings import Settings
+from warmstart.scheduler.alias import AliasMover, send_version_task
 from warmstart.snapshot.catalog import LIVE_ALIAS, get_alias, list_versions, read_manifest
 from warmstart.snapshot.names import validate_name
 from warmstart.snapshot.stores.base import SnapshotStore
@@ -337,8 +337,7 @@ class RolloutDriver:
                 return
             canary = hot[0]
         action = "stage" if record["phase"] == "warm" else "shadow"
-        task = self.app.send_task(TASK_VERSION, kwargs={"model": model, "version": version, "action": action},
-                                  queue=control_queue(canary))  # fmt: skip
+        task = send_version_task(self.app, canary, model, version, action)
         self.rollouts.step(record, None, canary=canary, task=task.id)
 
     def _canary(self, record: dict[str, Any]) -> None:
@@ -352,9 +351,8 @@ class RolloutDriver:
         if tasks is None:
             workers = sorted(set(self.registry.hot_workers(model)) | {record["canary"]})
             action = "canary" if record["bake_from"] is None else "canary_report"
-            sent = {w: self.app.send_task(TASK_VERSION, kwargs={"model": model, "version": version, "action": action,
-                                                                 "share": record["canary_share"]},
-                                          queue=control_queue(w)).id for w in workers}  # fmt: skip
+            extra = {"share": record["canary_share"]} if action == "canary" else {}
+            sent = {w: send_version_task(self.app, w, model, version, action, **extra).id for w in workers}
             workers_now = sorted(set(record["canary_workers"]) | set(workers))
             self.rollouts.step(record, None, canary_tasks=sent, canary_workers=workers_now)
             return
@@ -398,8 +396,6 @@ class RolloutDriver:
         thread.start()
 
     def _promote_now(self, record: dict[str, Any]) -> None:
-        from warmstart.scheduler.alias import AliasMover
-
         try:
             moved = AliasMover(self.settings, self.app).move(record["model"], LIVE_ALIAS, record["version"],
                                                              timeout_s=record["timeout_s"])  # fmt: skip
@@ -418,5 +414,4 @@ class RolloutDriver:
 
     def _discard_canary(self, record: dict[str, Any]) -> None:
         for worker in sorted(set(record.get("canary_workers") or []) | ({record["canary"]} if record.get("canary") else set())):
-            self.app.send_task(TASK_VERSION, kwargs={"model": record["model"], "version": record["version"],
-                                                     "action": "discard"}, queue=control_queue(worker))  # fmt: skip
+            send_version_task(self.app, worker, record["model"], record["version"], "discard")

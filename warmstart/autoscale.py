@@ -113,7 +113,7 @@ class LocalScaler:
         ours = [w for w in self.workers if w.name in chosen] or self.workers[-1:]
         worker = ours[0]
         try:
-            pending = hand_over(self.client, self.registry, worker.name, self.drain_timeout_s) if self.hand_over_first else []
+            pending = hand_over(self.registry, worker.name, self.drain_timeout_s) if self.hand_over_first else []
         except UnknownWorkerError:
             pending = []  # it never registered (or already left): it holds nothing to hand over
         if pending:

@@ -12,12 +12,11 @@ Key (under ``ws:``)::
 from __future__ import annotations
 
 import time
-from typing import Any
-
 import redis
 
 from warmstart.infra.errors import UnknownWorkerError
 from warmstart.infra.redis_client import key, redis_errors
+from warmstart.workers.registry import WorkerRegistry
 
 LEAVING = key("scale", "leaving")
 
@@ -29,7 +28,7 @@ def not_leaving(client: "redis.Redis[str]", worker: str) -> None:
         client.srem(LEAVING, worker)
 
 
-def hand_over(client: "redis.Redis[str]", registry: Any, worker: str, timeout_s: float, poll_s: float = 1.0) -> list[str]:
+def hand_over(registry: WorkerRegistry, worker: str, timeout_s: float, poll_s: float = 1.0) -> list[str]:
     """Ask the beat to place ``worker``'s models elsewhere (``scale:leaving``) and wait until
     each model HOT on it is HOT on another live worker, at most ``timeout_s``.
 
@@ -48,14 +47,14 @@ def hand_over(client: "redis.Redis[str]", registry: Any, worker: str, timeout_s:
         raise UnknownWorkerError(
             f"no live worker is named {worker!r} (live: {known}); `warmstart status` lists the workers"
         )
-    with redis_errors(client, "marking the worker as leaving"):
-        client.sadd(LEAVING, worker)
+    with redis_errors(registry.client, "marking the worker as leaving"):
+        registry.client.sadd(LEAVING, worker)
     deadline = time.monotonic() + timeout_s
     while True:
         pending = [m for m, s in registry.models_of(worker).items() if s.get("tier") == "HOT"]
         pending = [m for m in pending if not [w for w in registry.hot_workers(m) if w != worker]]
-        others = [w for w in registry.workers()[0] if w != worker]
         # No other worker, or no beat to place the models: nobody can take them.
-        if not pending or not others or not registry.planner_alive() or time.monotonic() >= deadline:
+        if not pending or set(alive) <= {worker} or not registry.planner_alive() or time.monotonic() >= deadline:
             return pending
         time.sleep(poll_s)
+        alive = registry.workers()[0]

@@ -158,12 +158,6 @@ class Joining:
             self._deferred.append((model, tier, version))
             return True
 
-    def wait_decided(self, timeout_s: float | None = None) -> bool:
-        return self._decided.wait(timeout_s)
-
-    def wait_joined(self, timeout_s: float | None = None) -> bool:
-        return self._joined.wait(timeout_s)
-
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         """``(start list decided and its HOT models HOT, details for /readyz)``."""
         with self._lock:

@@ -174,7 +174,7 @@ class WorkerRuntime:
 
         def drain_then_stop(*args: Any) -> None:
             try:
-                pending = hand_over(self.registry.client, self.registry, self.name, self.settings.drain_grace_s, poll_s=0.2)
+                pending = hand_over(self.registry, self.name, self.settings.drain_grace_s, poll_s=0.2)
                 if pending:
                     log.warning("stopping with %s HOT on no other worker (no room, no beat, or the grace "
                                 "period ran out)", ", ".join(pending))  # fmt: skip

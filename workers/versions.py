@@ -162,8 +162,9 @@ class VersionStager:
         side by side, and report what each did (no traffic involved; nothing is answered).
 
         Each recorded request runs ``rounds`` times on each version, alternating, so that both
-        see the same machine; its latency is its fastest round. With no recorded request, the golden inputs stand in (and the
-        report says so: the golden check has already passed on them).
+        see the same machine; its latency is its fastest round. With no recorded request, the
+        golden inputs stand in (and the report says so: the golden check has already passed on
+        them).
 
         Returns:
             ``{"requests", "source", "serving": {...}, "staged": {...}, "max_abs_diff"}`` where each
@@ -252,6 +253,8 @@ class VersionStager:
         share to within one request on each worker (a random draw is off by ±3 points over a
         hundred requests).
         """
+        if model not in self.canary_share:  # no canary (almost always): no lock on the request path
+            return None
         with self._lock:
             share, staged = self.canary_share.get(model, 0.0), self.staged.get(model)
             if staged is None or share <= 0.0:
@@ -267,6 +270,8 @@ class VersionStager:
 
     def record(self, model: str, version: str, outcome: str, seconds: float) -> None:
         """Count one answered request while a canary runs (``ok``, ``error``, ``non_finite``)."""
+        if model not in self.counters:  # no canary: no lock on the request path
+            return
         with self._lock:
             versions = self.counters.get(model)
             if versions is None:

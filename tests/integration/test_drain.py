@@ -86,7 +86,7 @@ def test_draining_an_unknown_worker_is_a_typed_error(worker_settings) -> None:
     settings = load_settings(**worker_settings)
     client = connect(settings.redis_url)
     with pytest.raises(UnknownWorkerError, match="nobody"):
-        hand_over(client, WorkerRegistry(client), "nobody", timeout_s=1)
+        hand_over(WorkerRegistry(client), "nobody", timeout_s=1)
     assert not client.exists(LEAVING)  # nothing was marked
     env = {**os.environ, **settings_env(worker_settings)}
     done = subprocess.run([sys.executable, "-m", "warmstart.cli", "drain", "--name", "nobody"],

@@ -79,7 +79,7 @@ def test_a_leaving_worker_hands_its_hot_models_over_and_the_signal_falls_after(w
         assert registry.hot_workers("hand-m") == ["w-a"]
         # w-a asks to leave instead: it goes first, and its model is placed on w-b before it goes.
         leaving, staying = "w-a", "w-b"
-        assert hand_over(beat.client, registry, leaving, timeout_s=60, poll_s=0.2) == []
+        assert hand_over(registry, leaving, timeout_s=60, poll_s=0.2) == []
         assert staying in registry.hot_workers("hand-m")
         # One small model wants one worker: the leaving one is let go, and the signal is not held.
         deadline = time.monotonic() + 30

@@ -26,7 +26,7 @@ def drain(ctx: click.Context, name: str | None, timeout_s: float) -> None:
     if not worker:
         raise click.UsageError("name the worker: --name or WARMSTART_WORKER_NAME")
     client = connect(settings.redis_url)
-    pending = hand_over(client, WorkerRegistry(client), worker, timeout_s)
+    pending = hand_over(WorkerRegistry(client), worker, timeout_s)
     if pending:
         click.echo(f"{worker}: not handed over within {timeout_s:.0f} s (or no other worker): {', '.join(pending)}", err=True)
         sys.exit(1)
