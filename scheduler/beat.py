@@ -136,7 +136,7 @@ class BeatScheduler:
         self.id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.lease = Lease(self.client, key("beat", "leader"), self.id)
         self._in_flight: dict[tuple[str, str], tuple[str, float]] = {}
-        self._placed_at: dict[tuple[str, str], tuple[str, int]] = {}
+        self._placed_at: dict[tuple[str, str], tuple[str, int, float]] = {}  # tier, since (minute, s)
         self._warmed_at: dict[str, float] = {}  # model -> latest request warm-up seen (holds.py)
         self._last_keep_warm = -1e9
         self._last_health = -1e9
@@ -206,8 +206,9 @@ class BeatScheduler:
                 self.client.set(state_key, json.dumps(record))
         return decision or Decision(Tier.REMOTE, 0.0), state
 
-    def worker_states(self, now_min: int) -> ClusterView:
+    def worker_states(self, now_min: int, now_s: float | None = None) -> ClusterView:
         """The workers as the planner sees them, and what they report of their models."""
+        now_s = time.time() if now_s is None else now_s
         alive, dead = self.registry.workers()
         view = ClusterView([], dead, alive)
         for name in sorted(alive) + dead:
@@ -215,6 +216,7 @@ class BeatScheduler:
             budgets = info.get("budgets", {})
             tiers: dict[str, str] = {}
             placed: dict[str, int] = {}
+            held_since: dict[str, float] = {}
             for model, state in self.registry.models_of(name).items():
                 if int(state.get("size_bytes") or 0) > 0:
                     view.sizes.setdefault(model, int(state["size_bytes"]))
@@ -230,9 +232,10 @@ class BeatScheduler:
                     continue
                 if tier in ("HOT", "HOST", "DISK"):
                     tiers[model] = tier
-                    seen_tier, since = self._placed_at.get((name, model), (tier, now_min))
-                    self._placed_at[(name, model)] = (tier, since if seen_tier == tier else now_min)
-                    placed[model] = self._placed_at[(name, model)][1]
+                    seen = self._placed_at.get((name, model))
+                    if seen is None or seen[0] != tier:
+                        seen = self._placed_at[(name, model)] = (tier, now_min, now_s)
+                    placed[model], held_since[model] = seen[1], seen[2]
             view.workers.append(
                 WorkerState(
                     name=name,
@@ -241,6 +244,7 @@ class BeatScheduler:
                     disk_budget_bytes=int(budgets.get("cache_bytes", 0)),
                     tiers=tiers,  # type: ignore[arg-type]
                     placed_at_min=placed,
+                    held_since_s=held_since,
                     alive=name in alive and name not in self.scale.leaving,  # draining: models go elsewhere
                 )
             )
@@ -257,7 +261,7 @@ class BeatScheduler:
         report = TickReport(leader=True, now_min=now_min)
         catalog = dict(self.catalog())
         self.scale.refresh_leaving()
-        view = self.worker_states(now_min)
+        view = self.worker_states(now_min, now_s)
         workers, dead, alive = view.workers, view.dead, view.alive
         report.dead_workers = dead
         if not self.catalog_reader.current:

@@ -12,7 +12,8 @@ greedily. Eager models (in ``prod``) come first. Hysteresis keeps placements sta
   by ``replace_margin``, so a newcomer must be clearly better to take its place;
 - a model placed less than ``min_residency_min`` minutes ago is not moved or demoted while it
   fits;
-- a model stays on the worker where it already is when that worker has room.
+- a model stays on the worker where it already is when that worker has room; of several
+  copies, the warmest, then the oldest, is kept.
 
 Replicas: a model planned HOT may get more than one HOT copy, each on another live worker
 (:func:`replicas_wanted`): two for an eager model in ``prod`` when two or more workers are
@@ -82,6 +83,10 @@ class WorkerState:
         tiers: the current tier of each model it holds (``Tier`` or its value).
         placed_at_min: minute each held model reached its current tier (for min residency).
         alive: False when its heartbeat expired; its models are re-placed elsewhere.
+        held_since_s: when each held model reached its current tier, in seconds: of two
+            copies at one tier the older is kept, so that two plans in a row agree (a plan
+            that kept the newer copy could drop both: the older by its own action, the newer
+            by a drop an earlier plan sent while it was still warming).
     """
 
     name: str
@@ -91,6 +96,7 @@ class WorkerState:
     tiers: dict[str, Tier | str] = field(default_factory=dict)
     placed_at_min: dict[str, int] = field(default_factory=dict)
     alive: bool = True
+    held_since_s: dict[str, float] = field(default_factory=dict)
 
     def budget(self, tier: Tier) -> int:
         """The budget of the level a placement at ``tier`` is named by (HOT: the device)."""
@@ -210,6 +216,7 @@ def plan(demands: list[ModelDemand], workers: list[WorkerState],
     for held_by in holders.values():
         held_by.sort(key=lambda x: _RANK[x[1]])
     since_of = {(w.name, m): t for w in workers for m, t in w.placed_at_min.items()}
+    held_since = {(w.name, m): t for w in workers for m, t in w.held_since_s.items()}
     index = {w.name: i for i, w in enumerate(live)}
 
     def where(model: str) -> tuple[str, Tier] | None:
@@ -279,10 +286,12 @@ def plan(demands: list[ModelDemand], workers: list[WorkerState],
                 continue  # no first copy: no replica either
             size = costs[d.model].size_bytes
             taken = {w for w, _ in copies.get(d.model, [])}
-            # Where it is already (warmest first, then most room), else the most room.
+            # Where it is already (warmest first, then the oldest copy, then most room), else
+            # the most room.
             held_here = [w for w, _ in holders.get(d.model, ()) if w not in taken]
             if len(held_here) > 1:
-                held_here.sort(key=lambda w: (_RANK[current[w][d.model]], -room[w].free(tier), index[w]))
+                held_here.sort(key=lambda w: (_RANK[current[w][d.model]], held_since.get((w, d.model), math.inf),
+                                              -room[w].free(tier), index[w]))
             chosen = next((w for w in held_here if room[w].fits(size, tier)), None)
             if chosen is None:
                 chosen = most_room(size, taken)

@@ -20,12 +20,13 @@ BUFFERED = "tests.models:build_buffered"
 
 class Tiny(nn.Module):
     def __init__(self, features: int = 8, outputs: int = 4, delay_s: float = 0.0, crash_on: float | None = None,
-                 nan_above: float | None = None) -> None:  # fmt: skip
+                 nan_above: float | None = None, raise_above: float | None = None) -> None:  # fmt: skip
         super().__init__()
         self.linear = nn.Linear(features, outputs)
         self.delay_s = delay_s
         self.crash_on = crash_on
         self.nan_above = nan_above
+        self.raise_above = raise_above
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.delay_s:
@@ -34,6 +35,8 @@ class Tiny(nn.Module):
             os.kill(os.getpid(), signal.SIGKILL)  # stands for an input that crashes the process
         if self.nan_above is not None and bool((x.abs() > self.nan_above).any()):
             return self.linear(x) * float("nan")  # a bad version: NaN on inputs its goldens lack
+        if self.raise_above is not None and bool((x.abs() > self.raise_above).any()):
+            raise ValueError(f"an input above {self.raise_above}")  # a bad version: raises on them
         return self.linear(x)
 
 
@@ -71,8 +74,8 @@ class Buffered(Tiny):
 
 
 def build_tiny(features: int = 8, outputs: int = 4, delay_s: float = 0.0, crash_on: float | None = None,
-               nan_above: float | None = None) -> nn.Module:  # fmt: skip
-    return Tiny(features, outputs, delay_s, crash_on, nan_above)
+               nan_above: float | None = None, raise_above: float | None = None) -> nn.Module:  # fmt: skip
+    return Tiny(features, outputs, delay_s, crash_on, nan_above, raise_above)
 
 
 def build_flaky(flag_path: str, features: int = 8, outputs: int = 4) -> nn.Module:

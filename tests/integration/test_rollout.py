@@ -143,3 +143,97 @@ def test_rollouts_promote_the_good_version_and_roll_back_the_bad_and_the_slow(
         client.close()
         client.app.close()
         beat.close()
+
+
+def test_each_check_rolls_a_bad_version_back_on_its_own(worker_settings, publish, start_worker) -> None:
+    # The causes the first test does not reach: a version raising on recent real requests (its
+    # warm-up replays them), outputs that disagree for a change declared compatible (shadow),
+    # and non-finite answers and errors on live inputs that no recorded request had, which the
+    # shadow therefore let through (canary).
+    values = {**worker_settings, "plan_interval_s": 0.3, "scale_min_workers": 2, "profile": "prod", "eager_models": ["rc"]}
+    settings = load_settings(**values)
+    serving = publish("rc", seed=1)
+    publish("rc", version="v2", seed=1, raise_above=4.0)  # raises on real inputs the goldens lack
+    publish("rc", version="v3", seed=2)  # other weights: declared compatible, it is not
+    publish("rc", version="v4", seed=1, nan_above=15.0)  # NaN only on inputs nobody sent before its canary
+    publish("rc", version="v5", seed=1, raise_above=15.0)  # raises only on those
+    for name in ("w-c1", "w-c2"):
+        start_worker(name, profile="prod", eager_models=["rc"])
+    beat = ChildProcess(["beat", "--loglevel", "WARNING"], values).start()
+    client = Client(settings)
+    stop, unusual = threading.Event(), threading.Event()
+    answers: list[tuple[str, bool]] = []
+    failures: list[tuple[bool, str]] = []  # (sent while the unusual inputs were on, the error)
+
+    def load() -> None:
+        i = 0
+        while not stop.is_set():
+            x = torch.randn(2, 8)
+            on = unusual.is_set()
+            if i % 2:
+                x[0, 0] = 20.0 if on else 10.0  # real inputs unlike the golden ones
+            i += 1
+            try:
+                pending = client.submit("rc", {"x": x}, timeout_s=60)
+                version = pending.raw()["version"]
+                with torch.inference_mode():
+                    answers.append((version, bool(torch.allclose(pending.get()["output"], serving(x), atol=1e-5))))
+            except Exception as e:  # judged below
+                failures.append((on, f"{type(e).__name__}: {e}"))
+
+    store = open_store(settings)
+    rollouts = Rollouts(connect(settings.redis_url))
+    registry = WorkerRegistry(connect(settings.redis_url))
+
+    def finished() -> dict | None:
+        record = rollouts.get("rc")
+        return record if record and record["phase"] in ("done", "rolled_back") else None
+
+    def baking() -> bool:
+        record = rollouts.get("rc")
+        return bool(record and record["phase"] == "canary" and record.get("bake_from"))
+
+    threads = [threading.Thread(target=load) for _ in range(2)]
+    try:
+        wait_for(lambda: registry.hot_workers("rc") == ["w-c1", "w-c2"], timeout_s=60, what="rc HOT on both workers")
+        for t in threads:
+            t.start()
+        wait_for(lambda: len(answers) >= 40, timeout_s=60, what="recorded requests")  # the shadow replays them
+
+        start_rollout(store, rollouts, "rc", "v2", ShadowLimits(), canary_share=0.3, bake_s=2.0)
+        raising = wait_for(finished, timeout_s=120, what="the raising rollout ends")
+        # Its warm-up replays the recent requests too, so it fails there, before any shadow.
+        assert [p for p, _ in raising["history"]] == ["warm", "rolled_back"], raising
+        assert "ValueError: an input above 4.0" in raising["reason"], raising["reason"]
+
+        start_rollout(store, rollouts, "rc", "v3", ShadowLimits(compatible=True), canary_share=0.3, bake_s=2.0)
+        differing = wait_for(finished, timeout_s=120, what="the incompatible rollout ends")
+        assert [p for p, _ in differing["history"]] == ["warm", "shadow", "rolled_back"], differing
+        assert "declared compatible, but outputs differ" in differing["reason"]
+
+        for version, cause in (("v4", "non-finite values on"), ("v5", "live requests (")):
+            start_rollout(store, rollouts, "rc", version, ShadowLimits(), canary_share=0.5, bake_s=60.0)
+            wait_for(baking, timeout_s=120, what=f"the canary of {version} bakes")
+            unusual.set()  # from now on, live inputs that no replayed request had
+            caught = wait_for(finished, timeout_s=60, what=f"the canary of {version} is rolled back")
+            unusual.clear()
+            assert [p for p, _ in caught["history"]] == ["warm", "shadow", "canary", "rolled_back"], caught
+            assert cause in caught["reason"] and "live" in caught["reason"], caught["reason"]
+            assert caught["canary_report"]["versions"][version]["requests"] > 0
+            # The recent requests each worker keeps (the next shadow replays them) are ordinary again.
+            count = len(answers)
+            wait_for(lambda: len(answers) >= count + 80, timeout_s=60)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(60)
+        client.close()
+        client.app.close()
+        beat.close()
+
+    # Only the canaries of v4 and v5 answered anyone wrongly, and only on the unusual inputs;
+    # every other answer is the serving version's, exact.
+    assert failures and all(on for on, _ in failures), failures[:3]
+    assert {v for v, _ in answers} <= {"v1", "v4", "v5"} and all(ok for v, ok in answers if v == "v1")
+    assert get_alias(store, "rc", "live") == "v1"
+    assert {registry.models_of(w)["rc"]["version"] for w in ("w-c1", "w-c2")} == {"v1"}

@@ -312,3 +312,19 @@ def test_a_joining_worker_is_assigned_the_expected_first_copy_before_an_eager_re
         assert sorted(p.assigned[worker]) == held
     # Warmest tier first within a worker.
     assert p.assigned["w0"] == [("e", Tier.HOT), ("c", Tier.HOST)]
+
+
+def test_of_two_copies_the_older_is_kept_whatever_the_workers_order() -> None:
+    # A request warmed the model on w2 while a plan sent it to w1 as well: one copy is
+    # dropped. Keeping the older (w2) every time means the drop an earlier plan sent to w1
+    # while it warmed and the drop of this plan name the same copy, never both.
+    costs = {"m": ModelCosts("m", 10 * MiB)}
+    demands = [ModelDemand("m", Tier.HOT, 0.9)]
+    for older, newer in (("w2", "w1"), ("w1", "w2")):
+        workers = [WorkerState(name, 100 * MiB, 100 * MiB, 10**12, {"m": Tier.HOT}, {"m": 5},
+                               held_since_s={"m": 100.0 if name == older else 100.4})
+                   for name in ("w1", "w2")]
+        p = plan(demands, workers, costs, PlanConfig(now_min=5))
+        assert p.replicas["m"] == [(older, Tier.HOT)]
+        assert p.actions[newer] == [Action("drop", "m", Tier.REMOTE)]
+        assert p.actions[older] == [Action("keep", "m", Tier.HOT)]
