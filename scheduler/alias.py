@@ -6,12 +6,16 @@ Moving ``live`` changes what every worker serves, so it is done in four steps:
 2. **stage** it on every worker where the model is HOT (:mod:`warmstart.workers.versions`):
    fetched and verified, restored beside the serving version, warmed up and golden-checked,
    while the old version keeps answering. If any worker cannot (not published, a snapshot that
-   fails verification, no room, a failed golden check), every staged copy is discarded and
-   the alias is left where it was: a typed :class:`RolloutError` says which worker and why;
+   fails verification, a failed golden check), or none has room, every staged copy is
+   discarded and the alias is left where it was: a typed :class:`RolloutError` says which
+   worker and why;
 3. move the alias in the store (one atomic put);
 4. **switch** each of those workers to the staged version, without closing the model's
    queue; a worker that holds the model below HOT reloads it at its tier; a worker that made
    the model HOT meanwhile (from the old alias) is staged and switched in a second round.
+   A serving worker that had no room for both versions (a ``BudgetError`` while others
+   staged it) reloads last: it closes the model's queue, restores the new version and opens
+   the queue again, while the switched workers answer.
 
 Any other alias name (``canary``, ``previous`` …) serves no traffic by itself and is moved at once.
 """
@@ -48,7 +52,8 @@ class AliasMove:
     previous: str | None
     #: worker -> {"staged_s", "switched", ...} for the workers that served the model HOT.
     switched: dict[str, dict[str, Any]] = field(default_factory=dict)
-    #: workers that held the model below HOT and reload it at the new version.
+    #: workers that reload the new version: those that held the model below HOT (at their
+    #: tier) and serving ones without room for both versions (HOT, after the others switched).
     reloaded: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -99,15 +104,21 @@ class AliasMover:
             result.seconds = time.monotonic() - started
             return result
         serving = self._holders(model, hot=True, other_than=version)
-        self._stage_all(model, version, serving, timeout_s, result)
+        no_room = self._stage_all(model, version, serving, timeout_s, result)
         set_alias(self.store, model, alias, version)
         log.info("%s: %s -> %s (was %s)", model, alias, version, previous)
-        self._switch_all(model, version, serving, timeout_s, result)
+        self._switch_all(model, version, {w: t for w, t in serving.items() if w not in no_room}, timeout_s, result)
         late = self._holders(model, hot=True, other_than=version)  # made HOT from the old alias meanwhile
+        late = {w: t for w, t in late.items() if w not in no_room}
         if late:
-            self._stage_all(model, version, late, timeout_s, result, alias_moved=True)
-            self._switch_all(model, version, late, timeout_s, result)
-        for worker, tier in self._holders(model, hot=False, other_than=version).items():
+            no_room |= self._stage_all(model, version, late, timeout_s, result, alias_moved=True)
+            self._switch_all(model, version, {w: t for w, t in late.items() if w not in no_room}, timeout_s, result)
+        # A serving worker without room for both versions reloads once the others serve the
+        # new one: it closes the model's queue, restores the new version and opens it again,
+        # and the switched workers answer meanwhile, so no request waits for the restore.
+        reload = {w: "HOT" for w in sorted(no_room)}
+        reload.update(self._holders(model, hot=False, other_than=version))
+        for worker, tier in reload.items():
             self.app.send_task(TASK_PREWARM, kwargs={"model": model, "tier": tier, "version": version},
                                queue=control_queue(worker))  # fmt: skip
             result.reloaded.append(worker)
@@ -129,10 +140,21 @@ class AliasMover:
         return found
 
     def _stage_all(self, model: str, version: str, workers: dict[str, str], timeout_s: float,
-                   result: AliasMove, alias_moved: bool = False) -> None:  # fmt: skip
+                   result: AliasMove, alias_moved: bool = False) -> set[str]:  # fmt: skip
+        """Stage ``version`` on each worker; the workers that had no room for it beside the
+        serving one (they reload after the others switch), when at least one other staged it.
+
+        Raises:
+            RolloutError: a worker failed otherwise, or none had room (all discarded).
+        """
         answers = self._ask(model, version, "stage", workers, timeout_s)
         failed = {w: a for w, a in answers.items() if not a.get("ok")}
-        if failed:
+        no_room = {w for w, a in failed.items() if (a.get("error") or {}).get("type") == "BudgetError"}
+        if no_room == set(failed) and len(no_room) < len(workers):
+            for worker in no_room:
+                log.info("%s has no room for %s %s beside the serving version: it reloads after the switch",
+                         worker, model, version)  # fmt: skip
+        elif failed:
             self._ask(model, version, "discard", workers, timeout_s)
             why = "; ".join(f"{w}: {_reason(a)}" for w, a in sorted(failed.items()))
             where = (f"the alias already points at {version!r}, and these workers go on serving the "
@@ -143,7 +165,9 @@ class AliasMover:
                 f"{where}. Fix the version (or make room) and try again"
             )
         for worker, answer in answers.items():
-            result.switched[worker] = {"staged_s": answer.get("staged_s"), "switched": False}
+            if worker not in no_room:
+                result.switched[worker] = {"staged_s": answer.get("staged_s"), "switched": False}
+        return no_room
 
     def _switch_all(self, model: str, version: str, workers: dict[str, str], timeout_s: float, result: AliasMove) -> None:
         answers = self._ask(model, version, "switch", workers, timeout_s)

@@ -340,6 +340,8 @@ class BeatScheduler:
             for action in actions:
                 if action.kind == "keep":
                     continue
+                if action.kind in ("drop", "demote") and (worker, action.model) in self.rollouts.pinned:
+                    continue  # a rollout's canary compares with this copy (scheduler/rollout.py)
                 target = action.tier.name if action.kind != "drop" else "REMOTE"
                 if current.get(worker, {}).get(action.model, "REMOTE") == target:
                     continue

@@ -4,18 +4,22 @@
 the lease advances it a step per tick, so it survives the command exiting and a beat failover
 (the record says where it is, and which task it waits for):
 
-1. **warm** — a canary worker (one where the model is HOT) stages V beside the serving version:
-   fetched and verified, restored, warmed up, golden-checked (:mod:`warmstart.workers.versions`);
+1. **warm** — a canary worker stages V beside the serving version: fetched and verified,
+   restored, warmed up, golden-checked (:mod:`warmstart.workers.versions`). One where the model
+   is HOT with room for V; else one with room for both versions, which makes the serving one
+   HOT first (:func:`choose_canary`; the beat does not lower that copy while the rollout runs);
 2. **shadow** — the canary replays the model's recent real requests through both versions and
    reports errors, non-finite outputs, latency and (for a compatible change) output agreement;
    :func:`judge_shadow` decides. A version that answers NaN on real inputs its golden inputs
    do not show is caught here, before any live request reaches it;
-3. **canary** (when ``canary_share`` > 0) — every worker serving the model stages V and answers
-   that share of the model's live requests with it, from any client, for ``bake_s``; the
+3. **canary** (when ``canary_share`` > 0) — every worker serving the model stages V (one
+   without room sits it out) and answers that share of the model's live requests with it,
+   from any client, for ``bake_s``; the
    workers count what each version did, and the beat reads it every tick
    (:func:`judge_canary`): more errors, any non-finite answer or a slower p99 rolls back;
 4. **promote** — the ``live`` alias moves to V the way ``warmstart alias`` moves it: every
-   serving worker stages V, then all switch, with no cold start (:mod:`warmstart.scheduler.alias`);
+   serving worker stages V, then all switch, with no cold start; one without room reloads
+   after the others switched (:mod:`warmstart.scheduler.alias`);
 5. **rolled_back** — at any step, when a check fails, a task fails or times out, or
    ``warmstart rollback`` asks: the staged copy is discarded and the old version never stopped
    serving. After promotion, ``warmstart rollback`` moves ``live`` back the same way.
@@ -48,6 +52,7 @@ from warmstart.infra.errors import RolloutError, SnapshotNotFoundError, Warmstar
 from warmstart.infra.redis_client import key, redis_errors
 from warmstart.infra.settings import Settings
 from warmstart.scheduler.alias import AliasMover, send_version_task
+from warmstart.scheduler.scale_signal import leaving_workers
 from warmstart.snapshot.catalog import LIVE_ALIAS, get_alias, list_versions, read_manifest
 from warmstart.snapshot.names import validate_name
 from warmstart.snapshot.stores.base import SnapshotStore
@@ -170,6 +175,47 @@ def judge_canary(merged: dict[str, dict[str, Any]], new: str, old: str | None, l
     return reasons
 
 
+def _room(info: Any) -> int:
+    """The bytes a worker can still take at HOT, from its heartbeat (budgets and usage): the
+    HOST and the DEVICE budget both count a HOT model (workers/capacity.py)."""
+    budgets = info.get("budgets") if isinstance(info, dict) else None
+    usage = info.get("usage") if isinstance(info, dict) else None
+    if not isinstance(budgets, dict) or not isinstance(usage, dict):
+        return 0
+    try:
+        return min(int(budgets.get(k, 0)) - int(usage.get(k, 0)) for k in ("host_bytes", "device_bytes"))
+    except (TypeError, ValueError):
+        return 0
+
+
+def choose_canary(holders: list[str], workers: dict[str, Any], leaving: set[str], new_bytes: int,
+                  serving_bytes: int) -> tuple[str | None, bool]:  # fmt: skip
+    """The worker that stages the new version for the warm and shadow steps, and whether it
+    must first make the serving version HOT (it holds none). Pure.
+
+    A worker serving the model with room for the new version beside it (the most room
+    first); else another live worker with room for both versions; else the serving worker
+    with the most room, which may still make room by demoting colder models (or answers a
+    ``BudgetError``, which rolls the rollout back). Leaving workers are never chosen; with no
+    worker serving the model there is nothing to compare with: ``(None, False)``.
+
+    Args:
+        holders: live workers where the model is HOT, in the registry's order.
+        workers: live workers' heartbeats (``budgets`` and ``usage`` in bytes).
+    """
+    if not any(w in workers for w in holders):
+        return None, False
+    serving = [w for w in holders if w in workers and w not in leaving]  # empty: all leaving
+    best = max(serving, key=lambda w: (_room(workers[w]), -serving.index(w)), default=None)
+    if best is not None and _room(workers[best]) >= new_bytes:
+        return best, False
+    others = [w for w in sorted(workers) if w not in holders and w not in leaving]
+    spare = max(others, key=lambda w: (_room(workers[w]), -others.index(w)), default=None)
+    if spare is not None and _room(workers[spare]) >= new_bytes + serving_bytes:
+        return spare, True
+    return best, False
+
+
 class Rollouts:
     """The records in Redis: start, read, step, cancel (each one atomic call)."""
 
@@ -180,7 +226,8 @@ class Rollouts:
         self._cancel = client.register_script(_CANCEL)
 
     def start(self, model: str, version: str, previous: str | None, limits: ShadowLimits, timeout_s: float,
-              canary_share: float = 0.0, bake_s: float = 0.0) -> dict[str, Any]:  # fmt: skip
+              canary_share: float = 0.0, bake_s: float = 0.0, new_bytes: int = 0,
+              serving_bytes: int = 0) -> dict[str, Any]:  # fmt: skip
         """Record a new rollout at ``warm``.
 
         Raises:
@@ -193,6 +240,8 @@ class Rollouts:
             "canary": None, "task": None, "cancel": False, "reason": None, "shadow": None, "switched": None,
             "limits": limits.__dict__, "timeout_s": timeout_s, "canary_share": canary_share, "bake_s": bake_s,
             "canary_tasks": None, "canary_workers": [], "bake_from": None, "canary_report": None,
+            "new_bytes": new_bytes, "serving_bytes": serving_bytes, "canary_serves_first": False,
+            "canary_skipped": {},
         }  # fmt: skip
         with redis_errors(self.client, f"starting a rollout of {model!r}"):
             running = self._start(keys=[rollout_key(model), ACTIVE], args=[model, json.dumps(record)])
@@ -252,14 +301,25 @@ def start_rollout(store: SnapshotStore, rollouts: Rollouts, model: str, version:
         raise RolloutError(f"--canary-share must be within [0, 0.5] and --bake-s within [0, 86400] "
                            f"(got {canary_share}, {bake_s}); 0 skips the canary step")  # fmt: skip
     try:
-        read_manifest(store, model, version)
+        manifest = read_manifest(store, model, version)
     except SnapshotNotFoundError as e:
         published = ", ".join(list_versions(store, model)) or "none"
         raise SnapshotNotFoundError(f"{e}; {model!r} has versions: {published}; publish {version!r} first") from e
     live = get_alias(store, model, LIVE_ALIAS)
     if live == version:
         raise RolloutError(f"version {version!r} of {model!r} is already live; nothing to roll out")
-    return rollouts.start(model, version, live, limits, timeout_s, canary_share if bake_s > 0 else 0.0, bake_s)
+    # The sizes choose the canary worker (choose_canary); the serving one's is its weights.
+    serving_bytes = read_manifest(store, model, live).weights.size_bytes if live else 0
+    return rollouts.start(model, version, live, limits, timeout_s, canary_share if bake_s > 0 else 0.0, bake_s,
+                          new_bytes=manifest.weights.size_bytes, serving_bytes=serving_bytes)  # fmt: skip
+
+
+def _error_of(answer: Any) -> tuple[str, str]:
+    """``(type, message)`` of a failed task answer."""
+    error = answer.get("error") if isinstance(answer, dict) else None
+    if not isinstance(error, dict):
+        return "error", repr(answer)
+    return str(error.get("type", "error")), str(error.get("message", error))
 
 
 class RolloutDriver:
@@ -271,6 +331,10 @@ class RolloutDriver:
         self.registry = registry
         self.rollouts = Rollouts(client)
         self._promoting: dict[str, threading.Thread] = {}
+        #: (worker, model) copies the planner must not lower: each running rollout's canary
+        #: worker, whose serving copy the shadow step compares with (the planner may not have
+        #: placed it there: a canary chosen for its room makes it HOT itself). As of the last tick.
+        self.pinned: set[tuple[str, str]] = set()
 
     def tick(self) -> list[dict[str, Any]]:
         """One step for each rollout in progress; their records after it. A rollout whose step
@@ -285,6 +349,7 @@ class RolloutDriver:
             except WarmstartError as e:
                 log.warning("rollout of %s: %s; trying again next tick", model, e)
             out.append(record)
+        self.pinned = {(r["canary"], r["model"]) for r in out if r.get("canary") and r.get("phase") not in FINISHED}
         return out
 
     def _advance(self, record: dict[str, Any]) -> None:
@@ -325,20 +390,24 @@ class RolloutDriver:
 
     def _send(self, record: dict[str, Any]) -> None:
         model, version = record["model"], record["version"]
-        canary = record["canary"]
+        canary, serves_first = record["canary"], record.get("canary_serves_first", False)
         if canary is None:
             hot = self.registry.hot_workers(model)
-            if not hot:  # between a demotion and the next request, say: wait a little
+            alive = self.registry.workers()[0]
+            canary, serves_first = choose_canary(hot, alive, set().union(*leaving_workers(self.registry.client)),
+                                                 int(record.get("new_bytes") or 0), int(record.get("serving_bytes") or 0))  # fmt: skip
+            if canary is None:  # between a demotion and the next request, say: wait a little
                 if time.time() - record["phase_at"] < min(record["timeout_s"], NO_CANARY_WAIT_S):
                     return
                 self._roll_back(record, f"{model!r} was HOT on no worker for {NO_CANARY_WAIT_S:.0f} s: there is nothing "
                                         "to compare the new version with; warm it first (`warmstart infer`, or make it "
                                         "eager), or move the alias by hand (`warmstart alias`)")  # fmt: skip
                 return
-            canary = hot[0]
-        action = "stage" if record["phase"] == "warm" else "shadow"
-        task = send_version_task(self.app, canary, model, version, action)
-        self.rollouts.step(record, None, canary=canary, task=task.id)
+        if record["phase"] == "warm":
+            task = send_version_task(self.app, canary, model, version, "stage", serving=serves_first)
+        else:
+            task = send_version_task(self.app, canary, model, version, "shadow")
+        self.rollouts.step(record, None, canary=canary, canary_serves_first=serves_first, task=task.id)
 
     def _canary(self, record: dict[str, Any]) -> None:
         """Start the canary on every serving worker, then read and judge it each tick until
@@ -365,12 +434,19 @@ class RolloutDriver:
         for r in results.values():
             r.forget()
         failed = {w: a for w, a in answers.items() if not isinstance(a, dict) or not a.get("ok")}
+        skipped: dict[str, str] = {}
+        if record["bake_from"] is None:
+            # A serving worker without room for the new version beside the old sits the canary
+            # out (it answers with the old one); the canary worker itself must take part.
+            skipped = {w: ": ".join(_error_of(a)) for w, a in failed.items()
+                       if w != record["canary"] and _error_of(a)[0] == "BudgetError"}  # fmt: skip
+            failed = {w: a for w, a in failed.items() if w not in skipped}
         if failed:
-            why = "; ".join(f"{w}: {(a or {}).get('error', {}).get('message', a)}" for w, a in failed.items())
+            why = "; ".join(f"{w}: {_error_of(a)[1]}" for w, a in failed.items())
             self._roll_back(record, f"canary failed ({why})")
             return
-        if record["bake_from"] is None:  # every serving worker answers its share from now on
-            self.rollouts.step(record, None, canary_tasks=None, bake_from=time.time())
+        if record["bake_from"] is None:  # every serving worker with room answers its share from now on
+            self.rollouts.step(record, None, canary_tasks=None, bake_from=time.time(), canary_skipped=skipped)
             return
         merged = merge_canary(list(answers.values()))
         reasons = judge_canary(merged, version, record["previous"], ShadowLimits(**record["limits"]))

@@ -12,6 +12,7 @@ that is already decoded (a manifest handed over as a dict), iteratively.
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Any
 
@@ -98,7 +99,8 @@ _SCALARS = (str, int, float, bool, type(None))
 def check_tree(
     value: Any, *, what: str, error: type[WarmstartError], max_depth: int, max_items: int
 ) -> None:
-    """Require a decoded tree to be plain JSON (dicts with string keys, lists, scalars), at
+    """Require a decoded tree to be plain JSON (dicts with string keys, lists, scalars, finite
+    numbers: a NaN would not survive a round trip, NaN != NaN), at
     most ``max_depth`` containers deep and ``max_items`` values in all. Iterative: a tree of
     any depth is measured without recursion.
 
@@ -112,6 +114,8 @@ def check_tree(
         items += 1
         if items > max_items:
             raise error(f"{what} holds more than {max_items} values, over the limit; make it smaller")
+        if isinstance(node, float) and not math.isfinite(node):
+            raise error(f"{what} must be plain JSON, which has no NaN or Infinity, but holds {node}")
         if isinstance(node, _SCALARS):
             continue
         if not isinstance(node, (dict, list, tuple)):

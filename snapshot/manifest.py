@@ -587,6 +587,9 @@ def parse_manifest(data: bytes | str | dict[str, Any]) -> Manifest:
     if not _FACTORY.fullmatch(factory):
         raise ManifestError(f"{_where('architecture.factory')} {short(factory)} must be 'package.module:function'")
     kwargs = _freeform(arch, "kwargs", "architecture.")
+    bad = [k for k in kwargs if not k.isidentifier()]
+    if bad:  # the factory is called with **kwargs: each key must be a Python name
+        raise ManifestError(f"{_where('architecture.kwargs')} keys must be Python names, got {short(bad)}; republish it")
 
     w = _get(obj, "weights", dict, "")
     weights = _sharded_weights(w) if version_no == SHARDED_FORMAT_VERSION else _single_weights(w)

@@ -67,7 +67,7 @@ KEEP_WARM_ARGS = _signature("model")
 HEALTH_CHECK_ARGS = _signature(model=None)
 STATUS_ARGS = _signature()
 ECHO_ARGS = _signature(payload=None)
-VERSION_ARGS = _signature("model", "version", "action", share=None)
+VERSION_ARGS = _signature("model", "version", "action", share=None, serving=False)
 
 
 def bind_arguments(task: str, signature: inspect.Signature, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -228,8 +228,9 @@ def status(*args: Any, **kwargs: Any) -> dict[str, Any]:
 
 @app.task(name=TASK_VERSION)
 def version(*args: Any, **kwargs: Any) -> dict[str, Any]:
-    """``(model, version, action, share=None)``: ``stage`` a version beside the serving one
-    (restored, warmed up and golden-checked, no traffic), ``shadow`` (replay recent real
+    """``(model, version, action, share=None, serving=False)``: ``stage`` a version beside the
+    serving one (restored, warmed up and golden-checked, no traffic; ``serving``: make the
+    serving version HOT here first, for a canary worker that did not hold it), ``shadow`` (replay recent real
     requests through both and report), ``canary`` (answer ``share`` of live requests with it,
     counting both versions), ``canary_report``, ``switch`` to the staged version without
     closing the model's queue, or ``discard`` it (workers/versions.py; `warmstart alias`,
@@ -242,7 +243,9 @@ def version(*args: Any, **kwargs: Any) -> dict[str, Any]:
         versions = current_runtime().pool.versions
         action = arguments["action"]
         if action == "stage":
-            return versions.stage(model, name)
+            if not isinstance(arguments["serving"], bool):
+                raise InvalidInputError(f"{TASK_VERSION}: serving must be true or false, got {arguments['serving']!r}")
+            return versions.stage(model, name, serving=arguments["serving"])
         if action == "switch":
             return versions.switch(model, name)
         if action == "discard":

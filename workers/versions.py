@@ -61,8 +61,12 @@ class VersionStager:
         with self._lock:
             return set(self.staged) | set(self._busy)
 
-    def stage(self, model: str, version: str) -> dict[str, Any]:
+    def stage(self, model: str, version: str, serving: bool = False) -> dict[str, Any]:
         """Load ``version`` of ``model`` beside the serving one and check it (no traffic).
+
+        ``serving``: make the serving version (the ``live`` alias) HOT here first, when this
+        worker does not serve the model yet (a rollout's canary worker chosen for its room:
+        the shadow step compares the two versions side by side here).
 
         Raises:
             UnknownModelError: the version is not published.
@@ -74,6 +78,8 @@ class VersionStager:
         validate_name(model)
         validate_name(version, "version")
         pool = self.pool
+        if serving:
+            pool.ensure(model, Tier.HOT)  # HOT already: at once
         with self._lock:
             if model in self._busy:
                 raise ModelStateError(f"{model!r} is being staged on {pool.worker} already; retry when it is done")

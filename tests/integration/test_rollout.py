@@ -237,3 +237,65 @@ def test_each_check_rolls_a_bad_version_back_on_its_own(worker_settings, publish
     assert {v for v, _ in answers} <= {"v1", "v4", "v5"} and all(ok for v, ok in answers if v == "v1")
     assert get_alias(store, "rc", "live") == "v1"
     assert {registry.models_of(w)["rc"]["version"] for w in ("w-c1", "w-c2")} == {"v1"}
+
+
+def test_a_canary_without_room_beside_the_serving_copy_runs_on_a_worker_with_room(
+        worker_settings, publish, start_worker) -> None:  # fmt: skip
+    # w-t1 serves the model with room for one version only (a tiny model holds 288 bytes); w-t2
+    # has room. The rollout stages the new version on w-t2, which first makes the serving
+    # version HOT there to compare with; w-t1 sits the canary out and reloads the new version
+    # once w-t2 has switched, so every request is answered, by v1 or by v2.
+    values = {**worker_settings, "plan_interval_s": 0.3, "profile": "prod", "policy": "fixed-30"}
+    settings = load_settings(**values)
+    modules = {"v1": publish("rt", seed=1), "v2": publish("rt", version="v2", seed=2)}
+    start_worker("w-t1", profile="prod", host_budget_bytes=400, device_budget_bytes=400)
+    beat = ChildProcess(["beat", "--loglevel", "WARNING"], values).start()
+    client = Client(settings)
+    stop = threading.Event()
+    answers: list[object] = []
+    registry = WorkerRegistry(connect(settings.redis_url))
+    rollouts = Rollouts(connect(settings.redis_url))
+
+    def load() -> None:
+        while not stop.is_set():
+            x = torch.randn(2, 8)
+            try:
+                pending = client.submit("rt", {"x": x}, timeout_s=60)
+                version = pending.raw()["version"]
+                with torch.inference_mode():
+                    answers.append((version, torch.allclose(pending.get()["output"], modules[version](x), atol=1e-5)))
+            except Exception as e:  # judged below
+                answers.append(e)
+
+    threads = [threading.Thread(target=load) for _ in range(2)]
+    try:
+        client.infer("rt", {"x": torch.randn(2, 8)}, timeout_s=60)  # HOT on w-t1, the only worker
+        wait_for(lambda: registry.hot_workers("rt") == ["w-t1"], timeout_s=60)
+        start_worker("w-t2", profile="prod")
+        for t in threads:
+            t.start()
+        wait_for(lambda: len(answers) >= 40, timeout_s=60, what="recorded requests")
+        store = open_store(settings)
+        start_rollout(store, rollouts, "rt", "v2", ShadowLimits(), canary_share=0.3, bake_s=3.0)
+        done = wait_for(lambda: (r := rollouts.get("rt")) and r["phase"] in ("done", "rolled_back") and r,
+                        timeout_s=120, what="the rollout ends")  # fmt: skip
+        assert done["phase"] == "done", (done["reason"], done["history"])
+        assert done["canary"] == "w-t2" and done["canary_serves_first"] and set(done["switched"]) == {"w-t2"}
+        assert done["canary_skipped"]["w-t1"].startswith("BudgetError")
+        assert done["canary_report"]["versions"]["v2"]["requests"] > 0  # w-t2 answered its share with v2
+        assert get_alias(store, "rt", "live") == "v2"
+        # w-t1 reloads v2 after w-t2 switched (or the planner keeps one copy): v2 wherever it is HOT.
+        wait_for(lambda: (hot := registry.hot_workers("rt"))
+                 and all(registry.models_of(w)["rt"]["version"] == "v2" for w in hot), timeout_s=60)  # fmt: skip
+        count = len(answers)
+        wait_for(lambda: len(answers) >= count + 20, timeout_s=60)
+    finally:
+        stop.set()
+        for t in threads:
+            if t.ident is not None:
+                t.join(60)
+        client.close()
+        client.app.close()
+        beat.close()
+    assert all(isinstance(a, tuple) and a[1] for a in answers), [a for a in answers if not (isinstance(a, tuple) and a[1])][:3]
+    assert {a[0] for a in answers[-20:]} == {"v2"}  # type: ignore[index]

@@ -16,6 +16,10 @@ def _show(record: dict[str, Any]) -> str:
     line = f"{record['model']}: {record['previous'] or 'nothing'} → {record['version']}  [{record['phase']}]  ({steps})"
     if record.get("canary"):
         line += f"\n  canary: {record['canary']}"
+        if record.get("canary_serves_first"):
+            line += " (chosen for its room: it made the serving version HOT too)"
+    for worker, why in sorted((record.get("canary_skipped") or {}).items()):
+        line += f"\n  {worker} sat the canary out: {why}"
     shadow = record.get("shadow")
     if shadow:
         new, old = shadow["staged"], shadow["serving"]

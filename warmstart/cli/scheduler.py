@@ -168,7 +168,7 @@ def alias(ctx: click.Context, model: str, name: str, version: str, timeout_s: fl
         state = "switched" if done["switched"] else f"NOT switched ({done.get('error')})"
         click.echo(f"  {worker}: staged in {done['staged_s']} s, {state}")
     for worker in moved.reloaded:
-        click.echo(f"  {worker}: held it below HOT; reloads {version}")
+        click.echo(f"  {worker}: reloads {version} (it held the model below HOT, or had no room for both versions)")
 
 
 scheduler_commands = [beat, simulate, advise, demo, alias]

@@ -181,3 +181,15 @@ def mutated_headers(draw: st.DrawFn) -> bytes:
 @given(mutated_headers())
 def test_mutated_header_trees(blob: bytes) -> None:
     _check_header(blob)
+
+
+def test_kwargs_with_a_nan_or_a_key_that_is_no_python_name_are_refused() -> None:
+    # Found by test_mutated_manifests: {"": NaN} parsed, and did not survive its round trip.
+    from warmstart.infra.errors import ManifestError
+    import pytest
+
+    for kwargs, message in (({"x": float("nan")}, "NaN"), ({"x": [float("inf")]}, "Infinity"), ({"": 1}, "Python names")):
+        raw = copy.deepcopy(valid())
+        raw["architecture"]["kwargs"] = kwargs
+        with pytest.raises(ManifestError, match=message):
+            parse_manifest(raw)
