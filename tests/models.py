@@ -20,16 +20,18 @@ BUFFERED = "tests.models:build_buffered"
 
 class Tiny(nn.Module):
     def __init__(self, features: int = 8, outputs: int = 4, delay_s: float = 0.0, crash_on: float | None = None,
-                 nan_above: float | None = None, raise_above: float | None = None) -> None:  # fmt: skip
+                 nan_above: float | None = None, raise_above: float | None = None,
+                 delay_above: float | None = None) -> None:  # fmt: skip
         super().__init__()
         self.linear = nn.Linear(features, outputs)
         self.delay_s = delay_s
         self.crash_on = crash_on
         self.nan_above = nan_above
         self.raise_above = raise_above
+        self.delay_above = delay_above  # delay_s only on inputs above this (None: on every input)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.delay_s:
+        if self.delay_s and (self.delay_above is None or bool((x.abs() > self.delay_above).any())):
             time.sleep(self.delay_s)  # stands for a slow model, so a test can kill mid-inference
         if self.crash_on is not None and bool((x == self.crash_on).any()):
             os.kill(os.getpid(), signal.SIGKILL)  # stands for an input that crashes the process
@@ -74,8 +76,9 @@ class Buffered(Tiny):
 
 
 def build_tiny(features: int = 8, outputs: int = 4, delay_s: float = 0.0, crash_on: float | None = None,
-               nan_above: float | None = None, raise_above: float | None = None) -> nn.Module:  # fmt: skip
-    return Tiny(features, outputs, delay_s, crash_on, nan_above, raise_above)
+               nan_above: float | None = None, raise_above: float | None = None,
+               delay_above: float | None = None) -> nn.Module:  # fmt: skip
+    return Tiny(features, outputs, delay_s, crash_on, nan_above, raise_above, delay_above)
 
 
 def build_flaky(flag_path: str, features: int = 8, outputs: int = 4) -> nn.Module:

@@ -691,4 +691,5 @@ class ModelPool:
             "usage": self.usage(),
             "models": {m: s.state() for m, s in list(self.slots.items())},
             "staged": self.versions.status(),
+            "staging": self.versions.staging(),
         }

@@ -45,11 +45,12 @@ class VersionStager:
 
     def __init__(self, pool: "ModelPool") -> None:
         self.pool = pool
-        # Guards staged, _busy, canary_share, counters and _requests (dict, set and counter
+        # Guards staged, _busy, _dropped, canary_share, counters and _requests (dict, set and counter
         # operations only; the pool's rule 4, workers/pool.py).
         self._lock = threading.Lock()
         self.staged: dict[str, Slot] = {}
         self._busy: set[str] = set()  # models being staged
+        self._dropped: set[str] = set()  # models whose stage in progress was discarded meanwhile
         #: model -> the share of its requests the staged version answers (a canary), and
         #: model -> version -> what that version did since the canary began.
         self.canary_share: dict[str, float] = {}
@@ -87,10 +88,11 @@ class VersionStager:
             if held is not None and held.version == version:
                 return self._report(held, 0.0)
             self._busy.add(model)
+            self._dropped.discard(model)
         t0 = time.perf_counter()
         staged = Slot(f"{model}@{version}")  # the reservations' name; never in pool.slots
         try:
-            self.discard(model)
+            self._drop_staged(model)
             current = pool.slots.get(model)
             staged.manifest = pool._manifest(model, version)
             staged.local = pool.cache.fetch(pool.store, staged.manifest)
@@ -120,8 +122,14 @@ class VersionStager:
                 self._busy.discard(model)
             raise
         with self._lock:
-            self.staged[model] = staged
             self._busy.discard(model)
+            dropped = model in self._dropped
+            self._dropped.discard(model)
+            if not dropped:
+                self.staged[model] = staged
+        if dropped:  # its rollout stopped while it staged (a timeout, say): keep nothing
+            self._release(staged)
+            raise ModelStateError(f"version {version!r} of {model!r} was discarded on {pool.worker} while it was staged")
         seconds = time.perf_counter() - t0
         log.info("staged %s version %s beside %s in %.2f s", model, version,
                  pool.slots[model].version if model in pool.slots else "nothing", seconds)  # fmt: skip
@@ -307,8 +315,15 @@ class VersionStager:
             self._requests.pop(model, None)
 
     def discard(self, model: str) -> bool:
-        """Drop a staged version of ``model`` (a rollout that stopped); True when one was."""
+        """Drop a staged version of ``model`` (a rollout that stopped); True when one was. A
+        stage in progress keeps nothing when it ends (it answers ``ModelStateError``)."""
         self._stop_canary(model)
+        with self._lock:
+            if model in self._busy:
+                self._dropped.add(model)
+        return self._drop_staged(model)
+
+    def _drop_staged(self, model: str) -> bool:
         with self._lock:
             staged = self.staged.pop(model, None)
         if staged is None:
@@ -320,6 +335,11 @@ class VersionStager:
     def status(self) -> dict[str, str | None]:
         with self._lock:
             return {m: s.version for m, s in self.staged.items()}
+
+    def staging(self) -> list[str]:
+        """Models being staged now."""
+        with self._lock:
+            return sorted(self._busy)
 
     def _release(self, staged: Slot, drop: bool = True) -> None:
         for level in (Tier.HOST, Tier.DEVICE):

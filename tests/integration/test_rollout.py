@@ -14,6 +14,7 @@ import threading
 import pytest
 import torch
 
+from warmstart.infra.celery_app import TASK_STATUS, control_queue
 from warmstart.infra.errors import RolloutError
 from warmstart.infra.redis_client import connect
 from warmstart.infra.settings import load_settings
@@ -157,6 +158,8 @@ def test_each_check_rolls_a_bad_version_back_on_its_own(worker_settings, publish
     publish("rc", version="v3", seed=2)  # other weights: declared compatible, it is not
     publish("rc", version="v4", seed=1, nan_above=15.0)  # NaN only on inputs nobody sent before its canary
     publish("rc", version="v5", seed=1, raise_above=15.0)  # raises only on those
+    publish("rc", version="v6", seed=1, delay_s=0.05, delay_above=15.0)  # 50 ms slower only on those
+    publish("rc", version="v7", seed=1, delay_s=0.2)  # its warm-up outlasts the rollout's timeout
     for name in ("w-c1", "w-c2"):
         start_worker(name, profile="prod", eager_models=["rc"])
     beat = ChildProcess(["beat", "--loglevel", "WARNING"], values).start()
@@ -211,7 +214,7 @@ def test_each_check_rolls_a_bad_version_back_on_its_own(worker_settings, publish
         assert [p for p, _ in differing["history"]] == ["warm", "shadow", "rolled_back"], differing
         assert "declared compatible, but outputs differ" in differing["reason"]
 
-        for version, cause in (("v4", "non-finite values on"), ("v5", "live requests (")):
+        for version, cause in (("v4", "non-finite values on"), ("v5", "live requests ("), ("v6", "slower live")):
             start_rollout(store, rollouts, "rc", version, ShadowLimits(), canary_share=0.5, bake_s=60.0)
             wait_for(baking, timeout_s=120, what=f"the canary of {version} bakes")
             unusual.set()  # from now on, live inputs that no replayed request had
@@ -223,6 +226,19 @@ def test_each_check_rolls_a_bad_version_back_on_its_own(worker_settings, publish
             # The recent requests each worker keeps (the next shadow replays them) are ordinary again.
             count = len(answers)
             wait_for(lambda: len(answers) >= count + 80, timeout_s=60)
+
+        # A step with no answer in time: v7's warm-up (17 forwards of 200 ms) outlasts 1 s.
+        start_rollout(store, rollouts, "rc", "v7", ShadowLimits(), timeout_s=1.0, canary_share=0.3, bake_s=2.0)
+        late = wait_for(finished, timeout_s=60, what="the late rollout ends")
+        assert [p for p, _ in late["history"]] == ["warm", "rolled_back"], late
+        assert "the warm step got no answer within 1 s" in late["reason"]
+        # The discard reached the stage in progress: once it ends, nothing is kept staged.
+        def staged_or_staging() -> bool:
+            asked = [client.app.send_task(TASK_STATUS, queue=control_queue(w)) for w in ("w-c1", "w-c2")]
+            answers = [r.get(timeout=30) for r in asked]
+            return any(a["staged"] or a["staging"] for a in answers)
+
+        wait_for(lambda: not staged_or_staging(), timeout_s=60, what="the stage ends, keeping nothing")
     finally:
         stop.set()
         for t in threads:
@@ -231,10 +247,11 @@ def test_each_check_rolls_a_bad_version_back_on_its_own(worker_settings, publish
         client.app.close()
         beat.close()
 
-    # Only the canaries of v4 and v5 answered anyone wrongly, and only on the unusual inputs;
-    # every other answer is the serving version's, exact.
+    # Only the canaries of v4, v5 and v6 answered anyone unlike v1 (wrongly, or slowly), and
+    # only on the unusual inputs; every other answer is the serving version's, exact.
     assert failures and all(on for on, _ in failures), failures[:3]
-    assert {v for v, _ in answers} <= {"v1", "v4", "v5"} and all(ok for v, ok in answers if v == "v1")
+    assert {v for v, _ in answers} <= {"v1", "v4", "v5", "v6"}
+    assert all(ok for v, ok in answers if v in ("v1", "v6"))
     assert get_alias(store, "rc", "live") == "v1"
     assert {registry.models_of(w)["rc"]["version"] for w in ("w-c1", "w-c2")} == {"v1"}
 

@@ -165,3 +165,34 @@ def test_shadow_replays_recent_requests_and_reports_what_the_goldens_hide(kit: P
     assert report["serving"]["errors"] == report["staged"]["errors"] == 0
     assert report["staged"]["p50_ms"] is not None and report["max_abs_diff"] == 0.0  # same weights elsewhere
     assert pool.slot("m").in_flight == 0 and pool.slot("m").version == "v1"
+
+
+def test_a_version_discarded_while_it_stages_is_not_kept(kit: PoolKit) -> None:
+    # A rollout that timed out sends a discard while the stage still runs (a slow warm-up):
+    # the stage must keep nothing, and give back the memory it reserved.
+    kit.publish("m", "v1", seed=1)
+    kit.publish("m", "v2", seed=2, delay_s=0.05)  # every forward of its warm-up takes 50 ms
+    pool = kit.make_pool()
+    pool.ensure("m", Tier.HOT)
+    errors: list[Exception] = []
+
+    def stage() -> None:
+        try:
+            pool.versions.stage("m", "v2")
+        except ModelStateError as e:
+            errors.append(e)
+
+    thread = threading.Thread(target=stage)
+    thread.start()
+    # Discard once the stage has begun (it holds the model busy), before it ends.
+    deadline = threading.Event()
+    while "m" not in pool.versions._busy and thread.is_alive():
+        deadline.wait(0.001)
+    assert thread.is_alive(), "the stage ended before it could be discarded; make v2 slower"
+    assert not pool.versions.discard("m")  # nothing staged yet ...
+    thread.join(60)
+    assert errors and "discarded" in str(errors[0])  # ... and nothing kept after
+    assert pool.versions.status() == {} and pool.slot("m").version == "v1"
+    assert pool._reservations.total(Tier.HOST) == 0 and pool._reservations.total(Tier.DEVICE) == 0
+    pool.versions.stage("m", "v2")  # a later stage is kept as usual
+    assert pool.versions.status() == {"m": "v2"}
