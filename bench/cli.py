@@ -164,6 +164,24 @@ def _report(result: dict[str, Any], tables: Any, plot: Any, plot_path: Path | No
         click.echo(f"wrote {json_path}", err=True)
 
 
+@bench.command("compile")
+@click.option("--repeats", type=click.IntRange(min=1), default=2, show_default=True, help="Rounds of the four probes.")
+@workdir_option
+@json_option
+def compile_bench(repeats: int, workdir: Path | None, json_path: Path | None) -> None:
+    """Time to HOT of a model published with --compile inductor: empty compile cache, the
+    host's warm cache, a signed artifact from the store, and the same weights eagerly; each in
+    fresh processes, warmed alike (about 3 minutes on 2 cores)."""
+    from warmstart.bench.compile import compile_tables, run_compile_benchmark
+    from warmstart.bench.report import print_tables, write_json
+
+    result = run_compile_benchmark(repeats, workdir, progress=lambda line: click.echo(line, err=True))
+    print_tables(compile_tables(result))
+    if json_path is not None:
+        write_json(json_path, result)
+        click.echo(f"wrote {json_path}", err=True)
+
+
 @bench.command("rollout")
 @click.option("--rate", type=click.FloatRange(min=1), default=20.0, show_default=True, help="Requests per second, all phases.")
 @workdir_option

@@ -25,7 +25,6 @@ import time
 _PROCESS_T0 = time.perf_counter()  # before the heavy imports below, for setup_s
 
 import importlib  # noqa: E402
-import json  # noqa: E402
 import os  # noqa: E402
 import resource  # noqa: E402
 import statistics  # noqa: E402
@@ -292,18 +291,9 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 1:
-        print("usage: python -m warmstart.bench.probe SPEC_JSON", file=sys.stderr)
-        return 2
-    spec = json.loads(argv[0])
-    # Libraries may print; only our JSON may reach stdout, so the parent can parse it.
-    real_stdout, sys.stdout = sys.stdout, sys.stderr
-    try:
-        result = measure(spec)
-    finally:
-        sys.stdout = real_stdout
-    print(json.dumps(result, allow_nan=False))
-    return 0
+    from warmstart.bench.report import probe_main
+
+    return probe_main("probe", measure, argv)
 
 
 if __name__ == "__main__":

@@ -154,3 +154,20 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def probe_main(name: str, run: Any, argv: list[str]) -> int:
+    """The entry of a probe run in a fresh process, ``python -m warmstart.bench.<name>
+    SPEC_JSON``: ``run(spec)``'s result as one JSON line on stdout, for the parent to parse.
+    Libraries may print: stdout is stderr while it runs."""
+    if len(argv) != 1:
+        print(f"usage: python -m warmstart.bench.{name} SPEC_JSON", file=sys.stderr)
+        return 2
+    spec = json.loads(argv[0])
+    real_stdout, sys.stdout = sys.stdout, sys.stderr
+    try:
+        result = run(spec)
+    finally:
+        sys.stdout = real_stdout
+    print(json.dumps(result, allow_nan=False), flush=True)
+    return 0

@@ -168,9 +168,6 @@ def restore_hf_tables(result: dict[str, Any]) -> list[Any]:
 
 
 if __name__ == "__main__":
-    real_stdout, sys.stdout = sys.stdout, sys.stderr
-    try:
-        outcome = probe(json.loads(sys.argv[1]))
-    finally:
-        sys.stdout = real_stdout
-    print(json.dumps(outcome))
+    from warmstart.bench.report import probe_main
+
+    sys.exit(probe_main("restore_hf", probe, sys.argv[1:]))

@@ -15,7 +15,6 @@ against the baseline.
 
 from __future__ import annotations
 
-import json
 import sys
 
 import torch
@@ -44,17 +43,9 @@ def answer_once(spec: dict[str, object]) -> dict[str, object]:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 1:
-        print("usage: python -m warmstart.bench.serve_probe SPEC_JSON", file=sys.stderr)
-        return 2
-    spec = json.loads(argv[0])
-    real_stdout, sys.stdout = sys.stdout, sys.stderr  # only the answer may reach stdout
-    try:
-        answer = answer_once(spec)
-    finally:
-        sys.stdout = real_stdout
-    print(json.dumps(answer, allow_nan=False), flush=True)
-    return 0
+    from warmstart.bench.report import probe_main
+
+    return probe_main("serve_probe", answer_once, argv)
 
 
 if __name__ == "__main__":

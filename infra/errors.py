@@ -135,6 +135,14 @@ class HFFolderError(SnapshotError):
     code = "hf_folder"
 
 
+class CompileArtifactError(SnapshotError):
+    """Raised when a compile artifact from the store is refused: unsigned, wrongly signed, for
+    another model, version or platform, or too large. Compiled code is code: it is loaded only
+    when signed with the key the workers hold (``WARMSTART_SIGNING_KEY``)."""
+
+    code = "compile_artifact"
+
+
 class RestoreError(SnapshotError):
     """Raised when a verified snapshot cannot be turned into a module (factory or state dict)."""
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlparse
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from warmstart.infra.errors import SettingsError
@@ -50,6 +50,13 @@ class Settings(BaseSettings):
     torch_threads: int = Field(0, ge=0, le=256)
     fetch_concurrency: int = Field(8, ge=1, le=64)
     fetch_part_bytes: int = Field(16 * MiB, ge=1 * MiB)
+
+    # --- compiled models (docs/compile.md) -------------------------------------------------
+    # The HMAC-SHA256 key that signs compile artifacts in the store. Without it a worker never
+    # loads compiled code from the store (its per-host compile cache is always used).
+    signing_key: SecretStr | None = Field(None, description="Signs and checks compile artifacts (>= 16 characters).")
+    # The first forward of a model published with `compile` compiles it: allowed this long.
+    compile_timeout_s: float = Field(600.0, gt=0)
 
     # --- architectures a manifest may name (on top of the entry-point group) --------------
     allowed_architectures: Annotated[list[str], NoDecode] = Field(default_factory=list)
@@ -150,6 +157,13 @@ class Settings(BaseSettings):
                 f"WARMSTART_SCALE_MAX_WORKERS={self.scale_max_workers}: lower the floor or raise the ceiling"
             )
         return self
+
+    @field_validator("signing_key")
+    @classmethod
+    def _check_signing_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 16:
+            raise ValueError("WARMSTART_SIGNING_KEY must have at least 16 characters (e.g. `openssl rand -hex 32`)")
+        return value
 
     @field_validator("store_url")
     @classmethod

@@ -309,6 +309,8 @@ class Manifest:
     skip_keys: tuple[str, ...] = ()
     #: dynamic batching: ``{"max_batch": n, "max_wait_ms": t}`` (empty: one request per forward).
     batching: dict[str, Any] = field(default_factory=dict)
+    #: ``torch.compile`` on the worker: ``{"backend": b, "mode": m}`` (empty: run eagerly).
+    compile: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.weights.shards and self.format_version == FORMAT_VERSION:
@@ -323,6 +325,8 @@ class Manifest:
             del raw["outputs"]
         if not self.batching:
             del raw["batching"]
+        if not self.compile:
+            del raw["compile"]
         if self.skip_keys:
             raw["skip_keys"] = {"rule": SKIP_RULE, "keys": list(self.skip_keys)}
         else:
@@ -637,6 +641,7 @@ def parse_manifest(data: bytes | str | dict[str, Any]) -> Manifest:
         outputs=outputs,
         skip_keys=_skip_keys(obj, {t.name for t in tensors}),
         batching=parse_batching(obj["batching"]) if "batching" in obj else {},
+        compile=parse_compile(obj["compile"]) if "compile" in obj else {},
         format_version=version_no,
     )
 
@@ -755,6 +760,31 @@ def parse_batching(raw: Any) -> dict[str, Any]:
     if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not 0 <= wait <= MAX_WAIT_MS:
         raise ManifestError(f"{where}.max_wait_ms must be a number in [0, {MAX_WAIT_MS:g}], got {short(wait)}")
     return {"max_batch": size, "max_wait_ms": wait}
+
+
+#: ``torch.compile`` backends a manifest may ask for: inductor generates and compiles code;
+#: aot_eager and eager trace only (no generated code), for checking a model compiles at all.
+COMPILE_BACKENDS = ("inductor", "aot_eager", "eager")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def parse_compile(raw: Any) -> dict[str, Any]:
+    """``{"backend": one of COMPILE_BACKENDS, "mode": one of COMPILE_MODES}``, both required
+    (``mode`` is inductor's; the other backends take ``default`` only).
+
+    Raises:
+        ManifestError: another shape, or a backend or mode warmstart does not know.
+    """
+    where = _where("compile")
+    if not isinstance(raw, dict) or set(raw) != {"backend", "mode"}:
+        raise ManifestError(f"{where} must be {{'backend': b, 'mode': m}}, got {short(raw)}")
+    backend, mode = raw["backend"], raw["mode"]
+    if backend not in COMPILE_BACKENDS:
+        raise ManifestError(f"{where}.backend must be one of {', '.join(COMPILE_BACKENDS)}, got {short(backend)}")
+    if mode not in COMPILE_MODES or (backend != "inductor" and mode != "default"):
+        allowed = ", ".join(COMPILE_MODES) if backend == "inductor" else "default"
+        raise ManifestError(f"{where}.mode for backend {backend} must be one of {allowed}, got {short(mode)}")
+    return {"backend": backend, "mode": mode}
 
 
 def _skip_keys(obj: dict[str, Any], tensor_names: set[str]) -> tuple[str, ...]:

@@ -46,6 +46,7 @@ from warmstart.snapshot.manifest import (
     WeightsFile,
     WeightsInfo,
     parse_batching,
+    parse_compile,
     parse_input_spec,
     parse_manifest,
     shard_file_problem,
@@ -255,9 +256,11 @@ def _publish(
     outputs: Sequence[str] = (),
     skip_keys: Sequence[str] = (),
     batching: Mapping[str, Any] | None = None,
+    compile_spec: Mapping[str, Any] | None = None,
 ) -> Manifest:
     outputs = _check_output_names(outputs)
     batch = parse_batching(dict(batching)) if batching else {}
+    compiled = parse_compile(dict(compile_spec)) if compile_spec else {}
     weights = _weights_info(weights_path)
     local = [weights_path] if isinstance(weights_path, Path) else [Path(p) for p in weights_path]
     existing = _existing(store, model, version, weights.sha256)
@@ -307,6 +310,7 @@ def _publish(
         outputs=tuple(outputs),
         skip_keys=tuple(sorted(skip_keys)),
         batching=batch,
+        compile=compiled,
     )
     manifest = parse_manifest(manifest.to_json())  # the reader's checks, before any upload
 
@@ -344,6 +348,7 @@ def publish_module(
     set_live: bool = True,
     outputs: Sequence[str] | None = None,
     batching: Mapping[str, Any] | None = None,
+    compile_spec: Mapping[str, Any] | None = None,
 ) -> Manifest:
     """Publish an in-memory module as ``model``/``version``.
 
@@ -365,6 +370,8 @@ def publish_module(
             encodes only those); None: all of them, which must then be plain tensors.
         batching: ``{"max_batch": n, "max_wait_ms": t}``: concurrent requests on one worker
             run as one forward (settings may override it); None: one forward per request.
+        compile_spec: ``{"backend": "inductor", "mode": "default"}``: workers run the model
+            through ``torch.compile`` before its warm-up (docs/compile.md); None: eagerly.
 
     Returns:
         The published manifest (the existing one when the same bytes were already published).
@@ -391,7 +398,7 @@ def publish_module(
         return _publish(
             store, model, version, weights_path, lambda: module, spec, specs, golden_inputs,
             rtol=rtol, atol=atol, metadata=metadata, show_progress=show_progress,
-            set_live=set_live, tmp=tmp, outputs=outputs or (), batching=batching,
+            set_live=set_live, tmp=tmp, outputs=outputs or (), batching=batching, compile_spec=compile_spec,
         )  # fmt: skip
 
 
@@ -414,6 +421,7 @@ def publish_file(
     outputs: Sequence[str] | None = None,
     skip_non_persistent: bool = False,
     batching: Mapping[str, Any] | None = None,
+    compile_spec: Mapping[str, Any] | None = None,
 ) -> Manifest:
     """Publish an existing safetensors file, byte for byte, as ``model``/``version``.
 
@@ -467,7 +475,7 @@ def publish_file(
             store, model, version, weights_path, load, spec, specs, golden_inputs,
             rtol=rtol, atol=atol, metadata=metadata, show_progress=show_progress,
             set_live=set_live, tmp=Path(tmp_name), outputs=outputs or (), skip_keys=skip_keys,
-            batching=batching,
+            batching=batching, compile_spec=compile_spec,
         )  # fmt: skip
 
 

@@ -28,6 +28,8 @@ def settings_env(settings: Mapping[str, object]) -> dict[str, str]:
             continue
         if isinstance(value, (list, tuple)):
             value = ",".join(str(v) for v in value)
+        elif hasattr(value, "get_secret_value"):  # a SecretStr (the signing key): its value, not its mask
+            value = value.get_secret_value()
         env[f"WARMSTART_{name.upper()}"] = str(value)
     return env
 

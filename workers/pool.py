@@ -82,6 +82,7 @@ from warmstart.snapshot.restore import module_nbytes, restore_model
 from warmstart.snapshot.stores.base import SnapshotStore
 from warmstart.workers.batching import Batcher, batching_of
 from warmstart.workers.budget import Reservations
+from warmstart.workers.compiling import compile_model, is_compiled
 from warmstart.workers.health import HealthKeeper
 from warmstart.workers.slots import MAX_BACKOFF_S, SAMPLE_MAX_BYTES, Lease, PoolRegistry, QueueGate, Slot
 from warmstart.workers.tiers import Resident, steps_between, used_bytes
@@ -355,6 +356,8 @@ class ModelPool:
     def _warm_and_check(self, slot: Slot, max_runs: int) -> None:
         slot.need("device_module", "golden", "manifest")
         golden_in, _ = slot.golden  # type: ignore[misc]
+        if slot.manifest.compile and not is_compiled(slot.device_module):  # type: ignore[union-attr,arg-type]
+            slot.device_module, slot.compile_report = self._compile(slot, golden_in)
         if max_runs > 0:
             inputs = [self._to_device(golden_in)] + [self._to_device(s) for s in slot.samples]
             slot.warmup = warm_up(
@@ -369,6 +372,16 @@ class ModelPool:
             slot.warmup = WarmupResult(0, result.latency_s, result.latency_s, False, result.latency_s)
         if not result.ok:
             raise slot.failure or HealthCheckError(f"model {slot.model!r} failed its golden check: {result.reason}")
+
+    def _compile(self, slot: Slot, golden_in: dict[str, torch.Tensor]) -> tuple[torch.nn.Module, dict[str, Any]]:
+        """The compile step (workers/compiling.py), before the warm-up of a model published with
+        ``compile``; its own deadline, as compiling takes far longer than a forward."""
+        key = self.settings.signing_key
+        return compile_model(
+            slot.device_module, slot.manifest, self._to_device(golden_in),  # type: ignore[arg-type]
+            cache_dir=self.settings.cache_dir, device=str(self.device), timeout_s=self.settings.compile_timeout_s,
+            store=self.store, signing_key=key.get_secret_value().encode() if key is not None else None,
+        )  # fmt: skip
 
     def _check(self, slot: Slot) -> HealthResult:
         slot.need("device_module", "golden", "manifest")

@@ -89,6 +89,8 @@ class Slot:
     #: new version is replayed on beside the serving one before it takes traffic (shadow).
     samples: deque[dict[str, torch.Tensor]] = field(default_factory=lambda: deque(maxlen=SAMPLES_KEPT))
     warmup: WarmupResult | None = None
+    #: A model published with ``compile``: what its last compile step did (workers/compiling.py).
+    compile_report: dict[str, Any] | None = None
     hot_at: float | None = None  # wall-clock time the model last became HOT
     #: Made HOT by a lazy warm-up for waiting requests (the beat then holds it at least its
     #: policy's first-gap hold), rather than by a planned pre-warm.
@@ -127,6 +129,7 @@ class Slot:
             "hot_at": self.hot_at,
             "warmed_by_request": self.warmed_by_request,
             "gate_opened_at": self.gate_opened_at,
+            "compile": self.compile_report,
             "updated_at": time.time(),
         }
 

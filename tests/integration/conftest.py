@@ -57,7 +57,7 @@ def publish(settings: Settings) -> Callable[..., torch.nn.Module]:
     store = open_store_url(settings.store_url)
 
     def _publish(model: str, *, flaky_flag: Path | None = None, version: str = "v1", seed: int | None = None,
-                 **kwargs: Any) -> torch.nn.Module:  # fmt: skip
+                 compile_spec: dict[str, str] | None = None, **kwargs: Any) -> torch.nn.Module:  # fmt: skip
         torch.manual_seed(len(model) if seed is None else seed)
         if flaky_flag is not None:
             module = build_flaky(str(flaky_flag))
@@ -68,7 +68,7 @@ def publish(settings: Settings) -> Callable[..., torch.nn.Module]:
         publish_module(
             store, model, version, module.eval(), arch, TINY_INPUTS,
             {"x": torch.randn(2, 8)}, show_progress=False,
-            allowed_architectures=settings.allowed_architectures,
+            allowed_architectures=settings.allowed_architectures, compile_spec=compile_spec,
         )  # fmt: skip
         return module
 

@@ -1,4 +1,4 @@
-"""CLI commands for snapshots: ``publish``, ``ls``, ``inspect``, ``fetch``.
+"""CLI commands for snapshots: ``publish``, ``ls``, ``inspect``, ``fetch``, ``compile-cache push``.
 
 Each command parses its arguments, calls one library function, and prints the result (as
 JSON with ``--json``). Typed errors are printed as one line by the group in :mod:`warmstart.infra.cli`.
@@ -58,6 +58,11 @@ def _json_arg(value: str, option: str) -> Any:
               help="A safetensors file of golden inputs (tensors named like the inputs).")  # fmt: skip
 @click.option("--rtol", type=float, default=1e-4, show_default=True)
 @click.option("--atol", type=float, default=1e-5, show_default=True)
+@click.option("--compile", "compile_backend", type=click.Choice(["inductor", "aot_eager", "eager"]), default=None,
+              help="Workers run the model through torch.compile with this backend before its warm-up "
+                   "(docs/compile.md). MODEL only.")  # fmt: skip
+@click.option("--compile-mode", default="default", show_default=True,
+              help="torch.compile's mode (inductor): default, reduce-overhead, max-autotune, max-autotune-no-cudagraphs.")
 @click.option("--no-live", is_flag=True, help="Do not point the 'live' alias at a first version.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal).")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifests as JSON.")
@@ -77,6 +82,8 @@ def publish(
     golden_inputs: Path | None,
     rtol: float,
     atol: float,
+    compile_backend: str | None,
+    compile_mode: str,
     no_live: bool,
     progress: bool | None,
     as_json: bool,
@@ -90,6 +97,10 @@ def publish(
         "rtol": rtol, "atol": atol, "show_progress": progress, "set_live": not no_live,
         "allowed_architectures": tuple(settings.allowed_architectures),
     }  # fmt: skip
+    if compile_backend is not None:
+        if examples or all_examples:
+            raise click.UsageError("--compile applies to MODEL (--weights or --hf-dir), not to --example")
+        common["compile_spec"] = {"backend": compile_backend, "mode": compile_mode}
     outputs = [n.strip() for n in outputs_csv.split(",") if n.strip()] if outputs_csv is not None else None
     if outputs is not None and not outputs:
         raise click.BadParameter("name at least one output", param_hint="--outputs")
@@ -218,4 +229,28 @@ def fetch(ctx: click.Context, model: str, ref: str, progress: bool | None, as_js
     click.echo(result["path"])
 
 
-snapshot_commands: list[click.Command] = [publish, ls, inspect, fetch]
+@click.group("compile-cache")
+def compile_cache() -> None:
+    """Compile artifacts shared through the store, signed (docs/compile.md)."""
+
+
+@compile_cache.command("push")
+@click.argument("model")
+@click.argument("ref", required=False, default="live")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def compile_cache_push(ctx: click.Context, model: str, ref: str, as_json: bool) -> None:
+    """Compile MODEL's version REF (default: live) here, from scratch, and push what was
+    compiled to the store, signed with WARMSTART_SIGNING_KEY, for workers of this platform."""
+    from warmstart.cli import settings_from
+    from warmstart.workers.compiling import push_compiled
+
+    result = push_compiled(settings_from(ctx), model, ref)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    click.echo(f"pushed {result['key']} ({_human_bytes(result['size_bytes'])}, compiled in {result['compile_s']:.1f} s), "
+               f"signed, for {result['platform']}")  # fmt: skip
+
+
+snapshot_commands: list[click.Command] = [publish, ls, inspect, fetch, compile_cache]

@@ -34,7 +34,8 @@ class PoolKit:
 
     def publish(
         self, model: str, version: str = "v1", *, factory: str = TINY, inputs: Any = TINY_INPUTS,
-        golden_inputs: dict[str, torch.Tensor] | None = None, seed: int | None = None, **kwargs: Any,
+        golden_inputs: dict[str, torch.Tensor] | None = None, seed: int | None = None,
+        compile_spec: dict[str, str] | None = None, **kwargs: Any,
     ) -> torch.nn.Module:
         """Publish a test model (tiny by default) and return the module it was published from
         (its weights drawn from ``seed``, by default the name's length)."""
@@ -43,7 +44,7 @@ class PoolKit:
         module = build(**kwargs)
         publish_module(
             self.store, model, version, module, {"factory": factory, "kwargs": kwargs}, inputs,
-            golden_inputs, allowed_architectures=[factory], show_progress=False,
+            golden_inputs, allowed_architectures=[factory], show_progress=False, compile_spec=compile_spec,
         )  # fmt: skip
         return module
 

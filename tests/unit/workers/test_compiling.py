@@ -1,0 +1,49 @@
+"""The compile step of a model published with ``compile``: the worker compiles it before its
+warm-up and health check, serves the compiled module, reports what it did, and answers a
+compile that does not finish in time with a typed error (the model is not made HOT). The
+``eager`` backend traces without generating code: the step's logic, in milliseconds
+(tests/integration/test_compile.py runs inductor)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from warmstart.infra.errors import ModelExecutionError
+from warmstart.infra.tiers import Tier
+from warmstart.workers.compiling import is_compiled
+from warmstart.workers.wire import decode_outputs, encode_tensor
+from tests.unit.workers.conftest import PoolKit
+
+
+def test_a_compiled_model_is_hot_after_its_compile_step_and_answers_exactly(kit: PoolKit) -> None:
+    module = kit.publish("m", compile_spec={"backend": "eager", "mode": "default"})
+    pool = kit.make_pool()
+    slot = pool.ensure("m", Tier.HOT)
+    assert slot.tier == Tier.HOT and is_compiled(slot.device_module) and not is_compiled(slot.host_module)
+    report = slot.state()["compile"]
+    assert report["backend"] == "eager" and report["source"] == "compiled here" and report["seconds"] >= 0
+    x = torch.randn(3, 8)
+    answer = pool.infer("m", {"x": encode_tensor(x)})
+    with torch.inference_mode():
+        assert torch.allclose(decode_outputs(answer["outputs"])["output"], module(x), atol=1e-6)
+
+    # Down to HOST and back: the eager module is kept below, and compiled again on the way up.
+    pool.demote("m", Tier.HOST)
+    assert slot.device_module is None and not is_compiled(slot.host_module)
+    pool.ensure("m", Tier.HOT)
+    assert is_compiled(slot.device_module)
+
+
+def test_an_uncompiled_model_has_no_compile_step(kit: PoolKit) -> None:
+    kit.publish("m")
+    slot = kit.make_pool().ensure("m", Tier.HOT)
+    assert not is_compiled(slot.device_module) and slot.state()["compile"] is None
+
+
+def test_a_compile_past_its_deadline_is_a_typed_error_and_the_model_is_not_served(kit: PoolKit) -> None:
+    kit.publish("m", compile_spec={"backend": "eager", "mode": "default"})
+    pool = kit.make_pool(compile_timeout_s=1e-6)  # tracing alone takes far longer
+    with pytest.raises(ModelExecutionError, match="WARMSTART_COMPILE_TIMEOUT_S"):
+        pool.ensure("m", Tier.HOT)
+    assert pool.slot("m").tier != Tier.HOT and not pool.slot("m").consuming

@@ -1,0 +1,188 @@
+"""The compile step of a model published with ``compile``: before its warm-up, the worker
+wraps the restored module in ``torch.compile`` and runs it once on its golden inputs, which
+compiles it (allowed ``WARMSTART_COMPILE_TIMEOUT_S``). The warm-up and the golden health
+check then run the compiled module, so a model is HOT only once its compiled code answers
+like the published one.
+
+Where compiled code comes from, fastest first:
+
+- the **per-host cache**: inductor's cache directory, set to ``<cache_dir>/compile`` when
+  ``TORCHINDUCTOR_CACHE_DIR`` is not set. Only this host writes it; always used.
+- a **signed artifact** in the store (:mod:`warmstart.snapshot.compiled`), loaded into the
+  per-host cache before compiling, only when the worker holds ``WARMSTART_SIGNING_KEY`` and
+  the signature checks. A refused artifact is logged and reported; the model compiles from
+  scratch, nothing else is harmed.
+
+What happened is reported in the slot's state (``compile``): backend, mode, where the code
+came from, seconds, and the per-host cache's hits and misses during the step.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from warmstart.infra.errors import CompileArtifactError, ManifestError, ModelExecutionError, SettingsError, StoreError
+from warmstart.infra.settings import Settings
+from warmstart.snapshot.compiled import fetch_artifact, has_artifact, platform_key
+from warmstart.snapshot.manifest import Manifest
+from warmstart.snapshot.stores.base import SnapshotStore
+from warmstart.workers.warmup import DeadlineExceeded, run_with_deadline
+
+log = logging.getLogger(__name__)
+_env_lock = threading.Lock()
+#: The cache directory the environment chose when this process started. Read at import:
+#: torch writes its default (``/tmp/torchinductor_<user>``) into the environment the first
+#: time it needs one, which must not count as a choice.
+_CHOSEN_AT_START = os.environ.get("TORCHINDUCTOR_CACHE_DIR") or None
+
+
+def use_host_cache(cache_dir: Path) -> Path:
+    """Point inductor's cache at ``<cache_dir>/compile`` unless the environment chose one when
+    the process started (torch reads it at each compile)."""
+    with _env_lock:
+        chosen = _CHOSEN_AT_START or str((cache_dir / "compile").resolve())
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = chosen
+    Path(chosen).mkdir(parents=True, exist_ok=True)
+    return Path(chosen)
+
+
+def is_compiled(module: torch.nn.Module) -> bool:
+    return hasattr(module, "_orig_mod")  # torch._dynamo's OptimizedModule
+
+
+def _cache_counters() -> tuple[int, int]:
+    from torch._dynamo.utils import counters
+
+    return int(counters["inductor"]["fxgraph_cache_hit"]), int(counters["inductor"]["fxgraph_cache_miss"])
+
+
+def compile_model(module: torch.nn.Module, manifest: Manifest, golden_inputs: Mapping[str, torch.Tensor], *,
+                  cache_dir: Path, device: str, timeout_s: float, store: SnapshotStore | None = None,
+                  signing_key: bytes | None = None) -> tuple[torch.nn.Module, dict[str, Any]]:  # fmt: skip
+    """Compile ``module`` as its manifest asks and run it once on ``golden_inputs``.
+
+    Returns:
+        The compiled module, and the report for the slot's state.
+
+    Raises:
+        ModelExecutionError: compiling or the first compiled forward failed, or it did not end
+            within ``timeout_s`` (the model is not made HOT; its cause is named).
+    """
+    spec = manifest.compile
+    report: dict[str, Any] = {"backend": spec["backend"], "mode": spec["mode"], "source": "compiled here"}
+    t0 = time.perf_counter()
+    if spec["backend"] == "inductor":
+        report["host_cache"] = str(use_host_cache(cache_dir))
+        report["platform"] = platform = platform_key(device)
+        if store is not None:
+            report.update(_load_from_store(store, manifest, platform, signing_key))
+    hits0, misses0 = _cache_counters()
+    options: dict[str, Any] = {"backend": spec["backend"]}
+    if spec["backend"] == "inductor" and spec["mode"] != "default":
+        options["mode"] = spec["mode"]
+    try:
+        compiled = torch.compile(module, **options)
+        run_with_deadline(compiled, golden_inputs, timeout_s)
+    except DeadlineExceeded as e:
+        raise ModelExecutionError(
+            f"compiling {manifest.model!r} {manifest.version} did not finish within {timeout_s:.0f} s "
+            "(WARMSTART_COMPILE_TIMEOUT_S); raise it, or push a signed compile artifact (`warmstart compile-cache push`)"
+        ) from e
+    except Exception as e:  # dynamo and inductor raise many types: one typed answer
+        raise ModelExecutionError(
+            f"torch.compile of {manifest.model!r} {manifest.version} (backend {spec['backend']}) failed: "
+            f"{type(e).__name__}: {str(e)[:500]}; republish without --compile, or with another backend"
+        ) from e
+    hits, misses = _cache_counters()
+    report.update(seconds=round(time.perf_counter() - t0, 3), cache_hits=hits - hits0, cache_misses=misses - misses0)
+    if report["source"] == "compiled here" and report["cache_hits"] and not report["cache_misses"]:
+        report["source"] = "host cache"
+    return compiled, report
+
+
+def _load_from_store(store: SnapshotStore, manifest: Manifest, platform: str, key: bytes | None) -> dict[str, Any]:
+    """Load the signed artifact of this model for this platform into the per-host cache."""
+    try:
+        if key is None:
+            if has_artifact(store, manifest.model, manifest.version, platform):
+                return {"store_artifact": "ignored: this worker holds no WARMSTART_SIGNING_KEY"}
+            return {}
+        data = fetch_artifact(store, key, manifest.model, manifest.version, platform)
+    except CompileArtifactError as e:
+        log.warning("refused the compile artifact of %s %s: %s", manifest.model, manifest.version, e)
+        return {"store_artifact": f"refused: {e}"}
+    except StoreError as e:
+        log.warning("could not read the compile artifact of %s %s: %s", manifest.model, manifest.version, e)
+        return {"store_artifact": f"unreadable: {e}"}
+    if data is None:
+        return {}
+    info = torch.compiler.load_cache_artifacts(data)
+    loaded = sum(len(v) for v in info.artifacts.values()) if info is not None else 0
+    return {"source": "signed artifact", "store_artifact": f"loaded ({len(data)} bytes, {loaded} entries)"}
+
+
+def save_artifact() -> bytes | None:
+    """What this process compiled so far, as torch saves it (None: nothing)."""
+    saved = torch.compiler.save_cache_artifacts()
+    return None if saved is None else saved[0]
+
+
+def push_compiled(settings: Settings, model: str, ref: str = "live") -> dict[str, Any]:
+    """Compile ``model``'s version ``ref`` here (in a fresh compile cache, so that the artifact
+    holds every piece) and push the signed artifact for this platform
+    (``warmstart compile-cache push``).
+
+    Raises:
+        SettingsError: no ``WARMSTART_SIGNING_KEY``.
+        ManifestError: the version was not published with ``compile`` (backend inductor).
+        ModelExecutionError: compiling failed.
+        SnapshotError, StoreError: fetching the snapshot or pushing failed.
+    """
+    import tempfile
+
+    from warmstart.snapshot.cache import SnapshotCache, fetch_version
+    from warmstart.snapshot.compiled import push_artifact
+    from warmstart.snapshot.golden import load_golden
+    from warmstart.snapshot.restore import restore_model
+    from warmstart.snapshot.stores import open_store
+
+    if settings.signing_key is None:
+        raise SettingsError("set WARMSTART_SIGNING_KEY (the key the workers hold) to push a compile artifact: "
+                            "workers load only artifacts signed with it")  # fmt: skip
+    store = open_store(settings)
+    local = fetch_version(store, SnapshotCache.from_settings(settings), model, ref)
+    manifest = local.manifest
+    if manifest.compile.get("backend") != "inductor":
+        raise ManifestError(
+            f"{model} {manifest.version} was not published with --compile inductor (compile: {manifest.compile or 'none'}): "
+            "there is no generated code to share; republish it with --compile inductor"
+        )
+    device = "cuda" if settings.device == "cuda" or (settings.device == "auto" and torch.cuda.is_available()) else "cpu"
+    module = restore_model(local.weights_path, manifest, device=device, allowed_architectures=settings.allowed_architectures)
+    golden_in, _ = load_golden(local.directory / manifest.golden.file, manifest.golden)
+    golden_in = {k: v.to(device) for k, v in golden_in.items()}
+    with tempfile.TemporaryDirectory(prefix="warmstart-compile-") as fresh:
+        previous = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = fresh  # every piece compiled here, none from a cache
+        try:
+            _, report = compile_model(module, manifest, golden_in, cache_dir=Path(fresh), device=device,
+                                      timeout_s=settings.compile_timeout_s)  # fmt: skip
+            data = save_artifact()
+        finally:
+            if previous is None:
+                os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
+            else:
+                os.environ["TORCHINDUCTOR_CACHE_DIR"] = previous
+    if not data:
+        raise ModelExecutionError(f"compiling {model} {manifest.version} left nothing to save; nothing was pushed")
+    platform = platform_key(device)
+    key = push_artifact(store, settings.signing_key.get_secret_value().encode(), model, manifest.version, platform, data)
+    return {"model": model, "version": manifest.version, "platform": platform, "key": key, "size_bytes": len(data),
+            "compile_s": report["seconds"]}  # fmt: skip
