@@ -52,8 +52,8 @@ def _loader(path: str, spec: dict[str, Any], tiny: bool) -> Any:
         from warmstart.snapshot.restore import restore_model
 
         manifest = parse_manifest(Path(spec["manifest_path"]).read_bytes())
-        weights = Path(spec["hf_dir"]) / "model.safetensors"
-        return lambda: restore_model(weights, manifest)
+        folder_path = Path(spec["hf_dir"])  # model.safetensors, or the shards the manifest names
+        return lambda: restore_model(folder_path, manifest)
     if path == "from_pretrained":
         return lambda: transformers.AutoModel.from_pretrained(folder).eval()
     config = json.loads((Path(folder) / "config.json").read_text())

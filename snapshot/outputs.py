@@ -62,7 +62,7 @@ class SelectOutputs(nn.Module):
         super().__init__()
         self.module = module
         self.names = tuple(names)
-        self.eval()
+        self.training = False  # the restored module is in eval mode already
 
     def forward(self, **inputs: torch.Tensor) -> dict[str, torch.Tensor]:
         return select_outputs(self.module(**inputs), self.names)

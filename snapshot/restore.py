@@ -33,6 +33,7 @@ import json
 import os
 import struct
 import threading
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -453,9 +454,8 @@ def _build_on_meta(factory: Any, architecture: ArchitectureSpec) -> nn.Module:
     return module
 
 
-#: A module built on meta is kept per (factory, kwargs) and deep-copied for the next restore
-#: of the same architecture: copying costs about a third of building (9 of 27 ms for
-#: MiniLM-L6). Only skeletons whose real tensors (non-persistent buffers) are small are kept,
+#: A module built on meta is kept per (factory, kwargs) and copied for the next restore of
+#: the same architecture (:func:`clone_module`): copying costs a fraction of building. Only skeletons whose real tensors (non-persistent buffers) are small are kept,
 #: so the cache holds no memory a budget should count (a positional table cached per kwargs
 #: once outlived its models).
 MAX_SKELETON_BYTES = 1024 * 1024
@@ -464,9 +464,51 @@ _skeletons: dict[tuple[str, str], nn.Module] = {}
 _skeletons_lock = threading.Lock()
 
 
+_ATOMIC = (int, float, bool, str, bytes, type(None))
+
+
+def clone_module(module: nn.Module, memo: dict[int, Any] | None = None) -> nn.Module:
+    """``copy.deepcopy(module)``, in a third of the time for a module tree.
+
+    Per module, the ``__dict__`` is copied entry by entry: submodules recursively, immutable
+    values shared, empty dicts made new (most of a module's dicts are its empty hook
+    dictionaries, which deepcopy reconstructs through ``__reduce_ex__``), and everything else
+    (parameters, buffers, configs, non-empty hooks) through ``copy.deepcopy`` with the same
+    memo, so that shared objects (tied weights, one config) stay shared in the copy. A module
+    that customises its copying (``__deepcopy__``, ``__getstate__``, ``__setstate__``,
+    ``__reduce_ex__``, ``__slots__``) is copied by ``copy.deepcopy`` itself. Equivalence with deepcopy is tested
+    on every example architecture and a Hugging Face BERT.
+    """
+    memo = {} if memo is None else memo
+    found = memo.get(id(module))
+    if found is not None:
+        return found  # type: ignore[no-any-return]
+    cls = type(module)
+    if (getattr(cls, "__deepcopy__", None) is not None or cls.__getstate__ is not nn.Module.__getstate__
+            or cls.__setstate__ is not nn.Module.__setstate__ or cls.__reduce_ex__ is not object.__reduce_ex__
+            or any("__slots__" in c.__dict__ for c in cls.__mro__[:-1])):  # fmt: skip
+        return copy.deepcopy(module, memo)  # type: ignore[no-any-return]
+    new = cls.__new__(cls)
+    memo[id(module)] = new
+    state: dict[str, Any] = {}
+    for name, value in module.__dict__.items():
+        if name == "_compiled_call_impl":
+            continue  # as nn.Module.__getstate__: a compiled forward is not copied
+        if name == "_modules":
+            state[name] = {k: None if m is None else clone_module(m, memo) for k, m in value.items()}
+        elif isinstance(value, _ATOMIC):
+            state[name] = value
+        elif type(value) in (dict, OrderedDict) and not value:
+            state[name] = type(value)()
+        else:
+            state[name] = copy.deepcopy(value, memo)
+    new.__dict__.update(state)
+    return new
+
+
 def _skeleton(factory: Any, architecture: ArchitectureSpec) -> nn.Module:
-    """A fresh module of ``architecture`` on meta: a deep copy of the one built before, or a
-    new build (kept for next time when its real tensors are small)."""
+    """A fresh module of ``architecture`` on meta: a copy of the one built before
+    (:func:`clone_module`), or a new build (kept for next time when its real tensors are small)."""
     try:
         key = (architecture.factory, json.dumps(architecture.kwargs, sort_keys=True))
     except (TypeError, ValueError):
@@ -475,15 +517,16 @@ def _skeleton(factory: Any, architecture: ArchitectureSpec) -> nn.Module:
         kept = _skeletons.get(key)
     if kept is not None:
         try:
-            return copy.deepcopy(kept)
+            return clone_module(kept)
         except Exception:  # noqa: BLE001 - a module deepcopy cannot copy: build it each time
             with _skeletons_lock:
                 _skeletons.pop(key, None)
             return _build_on_meta(factory, architecture)
     module = _build_on_meta(factory, architecture)
+    module.eval()  # kept in eval mode: its copies need no eval() traversal after loading
     if module_nbytes(module) <= MAX_SKELETON_BYTES:
         try:
-            skeleton = copy.deepcopy(module)
+            skeleton = clone_module(module)
         except Exception:  # noqa: BLE001 - not copyable: never cached
             return module
         with _skeletons_lock:
@@ -571,7 +614,11 @@ def _assign(module: nn.Module, state: dict[str, torch.Tensor], factory: str, ski
     if missing or unexpected:
         raise _mismatch(module, missing, unexpected, factory)
     try:
-        module.load_state_dict(state, strict=True, assign=True)
+        if _plain_loading(module):
+            _assign_plain(module, state)
+        else:
+            module.load_state_dict(state, strict=True, assign=True)
+            module.requires_grad_(False)
     except RuntimeError as e:
         raise RestoreError(
             f"the snapshot's weights do not fit architecture {factory!r}: {e}. Republish the "
@@ -582,8 +629,8 @@ def _assign(module: nn.Module, state: dict[str, torch.Tensor], factory: str, ski
         for name in group[1:]:
             owner, _, attr = name.rpartition(".")
             module.get_submodule(owner)._parameters[attr] = shared
-    module.eval()
-    module.requires_grad_(False)
+    if any(m.training for m in module.modules()):  # a kept skeleton is in eval mode already
+        module.eval()
     left_on_meta = [n for n, t in (*module.named_parameters(), *module.named_buffers()) if t.is_meta]
     if left_on_meta:
         raise RestoreError(
@@ -591,6 +638,46 @@ def _assign(module: nn.Module, state: dict[str, torch.Tensor], factory: str, ski
             "a persistent buffer or parameter created outside register_parameter/register_buffer; "
             "make it a registered buffer or parameter of the module"
         )
+
+
+def _plain_loading(module: nn.Module) -> bool:
+    """True when ``load_state_dict`` would do nothing but check shapes and assign: no module
+    of the tree customises ``_load_from_state_dict`` or has load hooks (BatchNorm, quantized
+    modules, some libraries' modules do; they get ``load_state_dict`` itself)."""
+    base = nn.Module._load_from_state_dict
+    return all(
+        type(m)._load_from_state_dict is base and not m._load_state_dict_pre_hooks and not m._load_state_dict_post_hooks
+        for m in module.modules()
+    )
+
+
+def _assign_plain(module: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """What ``load_state_dict(state, strict=True, assign=True)`` does for plain modules, with
+    ``requires_grad`` off, in a third of the time: each tensor becomes the parameter (or
+    buffer) of its name, shapes checked first. The keys were checked to match already.
+
+    Raises:
+        RuntimeError: a shape differs (as ``load_state_dict`` raises it).
+    """
+    owners = dict(module.named_modules(remove_duplicate=False))
+    placed: list[tuple[nn.Module, str, torch.Tensor, bool]] = []
+    wrong = []
+    for name, tensor in state.items():
+        owner_name, _, attr = name.rpartition(".")
+        owner = owners[owner_name]
+        is_param = attr in owner._parameters
+        current = owner._parameters[attr] if is_param else owner._buffers[attr]
+        if current is not None and current.shape != tensor.shape:
+            wrong.append(f"size mismatch for {name}: copying a param with shape {tuple(tensor.shape)} from "
+                         f"checkpoint, the shape in current model is {tuple(current.shape)}")  # fmt: skip
+        placed.append((owner, attr, tensor, is_param))
+    if wrong:  # nothing assigned: the module is dropped whole
+        raise RuntimeError("; ".join(wrong[:_MAX_KEYS_IN_MESSAGE]))
+    for owner, attr, tensor, is_param in placed:
+        if is_param:
+            owner._parameters[attr] = nn.Parameter(tensor, requires_grad=False)
+        else:
+            owner._buffers[attr] = tensor
 
 
 _libc = ctypes.CDLL(None, use_errno=True)

@@ -28,14 +28,21 @@ def not_leaving(client: "redis.Redis[str]", worker: str) -> None:
         client.srem(LEAVING, worker)
 
 
-def hand_over(registry: WorkerRegistry, worker: str, timeout_s: float, poll_s: float = 1.0) -> list[str]:
+#: How long "no other live worker" must hold, while a beat plans, before a hand-over gives
+#: up: one missed heartbeat of the other worker is not a reason to stop with the models HOT
+#: nowhere else.
+NOBODY_SETTLE_S = 2.0
+
+
+def hand_over(registry: WorkerRegistry, worker: str, timeout_s: float, poll_s: float = 1.0,
+              settle_s: float = NOBODY_SETTLE_S) -> list[str]:  # fmt: skip
     """Ask the beat to place ``worker``'s models elsewhere (``scale:leaving``) and wait until
     each model HOT on it is HOT on another live worker, at most ``timeout_s``.
 
     Returns:
-        The models not handed over in time (empty: done). With no other live worker, or no
-        beat planning, there is nobody to hand over to: it returns at once with every HOT
-        model (demoted last, when the worker exits).
+        The models not handed over in time (empty: done). With no beat planning, or no other
+        live worker for ``settle_s`` in a row, there is nobody to hand over to: it returns
+        then with every HOT model (demoted last, when the worker exits).
 
     Raises:
         UnknownWorkerError: no live worker has this name (nothing is marked).
@@ -50,11 +57,21 @@ def hand_over(registry: WorkerRegistry, worker: str, timeout_s: float, poll_s: f
     with redis_errors(registry.client, "marking the worker as leaving"):
         registry.client.sadd(LEAVING, worker)
     deadline = time.monotonic() + timeout_s
+    nobody_since: float | None = None
     while True:
         pending = [m for m, s in registry.models_of(worker).items() if s.get("tier") == "HOT"]
         pending = [m for m in pending if not [w for w in registry.hot_workers(m) if w != worker]]
-        # No other worker, or no beat to place the models: nobody can take them.
-        if not pending or set(alive) <= {worker} or not registry.planner_alive() or time.monotonic() >= deadline:
+        now = time.monotonic()
+        if not pending or now >= deadline:
             return pending
+        if not registry.planner_alive():
+            return pending  # no beat: nobody places the models elsewhere
+        # No other live worker: nobody can take them, once that holds for settle_s.
+        if set(alive) <= {worker}:
+            nobody_since = now if nobody_since is None else nobody_since
+            if now - nobody_since >= min(settle_s, timeout_s):
+                return pending
+        else:
+            nobody_since = None
         time.sleep(poll_s)
         alive = registry.workers()[0]

@@ -70,7 +70,8 @@ def test_sigterm_hands_the_hot_model_over_before_the_worker_stops(worker_setting
         thread.join(timeout=120)
 
         assert workers[holder].process.poll() is not None  # it did stop
-        assert [] not in samples, "the model was HOT nowhere while its worker stopped"
+        assert [] not in samples, (f"the model was HOT nowhere while its worker stopped: {samples[:6]}\n"
+                                   f"--- {holder}:\n{workers[holder].output()[-3000:]}\n--- beat:\n{beat.output()[-3000:]}")
         assert any(other in s for s in samples)  # handed over before the holder left
         assert registry.hot_workers("dm") == [other]
         assert errors == [] and len(answers) > 10 and all(answers)

@@ -465,3 +465,81 @@ def test_restores_of_one_architecture_reuse_its_skeleton_but_share_nothing(tmp_p
     mask = torch.ones(2, 5, dtype=torch.int64)
     with torch.inference_mode():
         torch.testing.assert_close(first(input_ids=ids, attention_mask=mask), second(input_ids=ids, attention_mask=mask))
+
+
+def _structure(module: torch.nn.Module) -> list[tuple]:
+    """What a copy must reproduce: every submodule's name, type and mode, every tensor's
+    name, shape, dtype and device, and which parameters are one object."""
+    first_name: dict[int, str] = {}
+    tensors = []
+    for name, t in (*module.named_parameters(remove_duplicate=False), *module.named_buffers(remove_duplicate=False)):
+        tensors.append((name, tuple(t.shape), t.dtype, t.device.type, first_name.setdefault(id(t), name)))
+    return [(n, type(m).__name__, m.training) for n, m in module.named_modules()] + tensors
+
+
+@pytest.mark.parametrize("example", [RECSYS, ENCODER], ids=["recsys", "encoder"])
+def test_clone_module_copies_like_deepcopy_and_shares_nothing(example) -> None:  # type: ignore[no-untyped-def]
+    import copy
+
+    with restore_mod.parameters_on_meta():
+        module = example.build().eval()
+    clone = restore_mod.clone_module(module)
+    assert _structure(clone) == _structure(copy.deepcopy(module)) == _structure(module)
+    for (_, a), (_, b) in zip(module.named_modules(), clone.named_modules()):
+        assert a is not b and a._parameters is not b._parameters and a._forward_hooks is not b._forward_hooks
+    for a, b in zip(module.parameters(), clone.parameters()):
+        assert a is not b
+    clone.train()  # changing the copy leaves the original alone
+    assert not any(m.training for m in module.modules())
+
+
+def test_clone_module_keeps_ties_hooks_and_defers_to_custom_copying() -> None:
+    class Custom(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.copied = 0
+
+        def __deepcopy__(self, memo):  # type: ignore[no-untyped-def]
+            new = Custom()
+            new.copied = self.copied + 1
+            return new
+
+    root = torch.nn.Module()
+    root.a, root.b, root.custom = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2), Custom()
+    root.b.weight = root.a.weight  # tied
+    seen = []
+    root.a.register_forward_hook(lambda *args: seen.append(1))
+    clone = restore_mod.clone_module(root)
+    assert clone.b.weight is clone.a.weight and clone.a.weight is not root.a.weight
+    assert clone.custom.copied == 1  # its own __deepcopy__ ran
+    clone.a(torch.ones(1, 2))
+    assert seen == [1] and len(clone.a._forward_hooks) == 1
+
+
+def test_modules_with_their_own_loading_get_load_state_dict(tmp_path: Path) -> None:
+    # BatchNorm customises _load_from_state_dict: the direct assignment is not used for it,
+    # and the restored module still answers like the saved one.
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4)).eval()
+    assert not restore_mod._plain_loading(module) and restore_mod._plain_loading(torch.nn.Linear(2, 2))
+    state = {k: v.clone() for k, v in module.state_dict().items()}
+    with restore_mod.parameters_on_meta():
+        target = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4))
+    restore_mod._assign(target, state, "test:factory")
+    x = torch.randn(3, 4)
+    with torch.inference_mode():
+        torch.testing.assert_close(target(x), module(x))
+    assert not target.training and not any(p.requires_grad for p in target.parameters())
+
+
+def test_clone_module_copies_a_hugging_face_model_like_deepcopy() -> None:
+    import copy
+
+    pytest.importorskip("transformers")
+    from warmstart.snapshot.hf import build_hf_model
+
+    with restore_mod.parameters_on_meta():
+        module = build_hf_model(**build_hf_model.warmup_kwargs).eval()  # type: ignore[attr-defined]
+    clone = restore_mod.clone_module(module)
+    assert _structure(clone) == _structure(copy.deepcopy(module))
+    assert clone.config is not module.config and clone.config.to_dict() == module.config.to_dict()

@@ -42,8 +42,8 @@ def test_an_uncompiled_model_has_no_compile_step(kit: PoolKit) -> None:
 
 
 def test_a_compile_past_its_deadline_is_a_typed_error_and_the_model_is_not_served(kit: PoolKit) -> None:
-    kit.publish("m", compile_spec={"backend": "eager", "mode": "default"})
-    pool = kit.make_pool(compile_timeout_s=1e-6)  # tracing alone takes far longer
+    kit.publish("m", compile_spec={"backend": "eager", "mode": "default"}, delay_s=0.5)
+    pool = kit.make_pool(compile_timeout_s=0.05)  # its first compiled forward takes 0.5 s
     with pytest.raises(ModelExecutionError, match="WARMSTART_COMPILE_TIMEOUT_S"):
         pool.ensure("m", Tier.HOT)
     assert pool.slot("m").tier != Tier.HOT and not pool.slot("m").consuming
