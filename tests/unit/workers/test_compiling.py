@@ -41,6 +41,7 @@ def test_an_uncompiled_model_has_no_compile_step(kit: PoolKit) -> None:
     assert not is_compiled(slot.device_module) and slot.state()["compile"] is None
 
 
+@pytest.mark.filterwarnings("ignore:Dynamo does not know how to trace the builtin:UserWarning")  # time.sleep
 def test_a_compile_past_its_deadline_is_a_typed_error_and_the_model_is_not_served(kit: PoolKit) -> None:
     kit.publish("m", compile_spec={"backend": "eager", "mode": "default"}, delay_s=0.5)
     pool = kit.make_pool(compile_timeout_s=0.05)  # its first compiled forward takes 0.5 s
