@@ -14,9 +14,9 @@ the lease advances it a step per tick, so it survives the command exiting and a 
    do not show is caught here, before any live request reaches it;
 3. **canary** (when ``canary_share`` > 0) — every worker serving the model stages V (one
    without room sits it out) and answers that share of the model's live requests with it,
-   from any client, for ``bake_s``; the
-   workers count what each version did, and the beat reads it every tick
-   (:func:`judge_canary`): more errors, any non-finite answer or a slower p99 rolls back;
+   from any client, for ``bake_s``; the workers count what each version did, and the beat
+   reads it every tick (:func:`judge_canary`): more errors, any non-finite answer or a slower
+   p99 rolls back;
 4. **promote** — the ``live`` alias moves to V the way ``warmstart alias`` moves it: every
    serving worker stages V, then all switch, with no cold start; one without room reloads
    after the others switched (:mod:`warmstart.scheduler.alias`);
@@ -48,7 +48,7 @@ import redis
 from celery import Celery
 from celery.result import AsyncResult
 
-from warmstart.infra.errors import RolloutError, SnapshotNotFoundError, WarmstartError
+from warmstart.infra.errors import RolloutError, SnapshotError, SnapshotNotFoundError, WarmstartError
 from warmstart.infra.redis_client import key, redis_errors
 from warmstart.infra.settings import Settings
 from warmstart.scheduler.alias import AliasMover, send_version_task
@@ -308,8 +308,15 @@ def start_rollout(store: SnapshotStore, rollouts: Rollouts, model: str, version:
     live = get_alias(store, model, LIVE_ALIAS)
     if live == version:
         raise RolloutError(f"version {version!r} of {model!r} is already live; nothing to roll out")
-    # The sizes choose the canary worker (choose_canary); the serving one's is its weights.
-    serving_bytes = read_manifest(store, model, live).weights.size_bytes if live else 0
+    # The sizes choose the canary worker (choose_canary); the serving one's is its weights
+    # (unknown, 0, when its manifest cannot be read: the canary is then judged on V alone).
+    serving_bytes = 0
+    if live:
+        try:
+            serving_bytes = read_manifest(store, model, live).weights.size_bytes
+        except SnapshotError as e:
+            log.warning("could not read the serving version %s of %s (%s); choosing the canary by %s alone",
+                        live, model, e, version)  # fmt: skip
     return rollouts.start(model, version, live, limits, timeout_s, canary_share if bake_s > 0 else 0.0, bake_s,
                           new_bytes=manifest.weights.size_bytes, serving_bytes=serving_bytes)  # fmt: skip
 

@@ -123,8 +123,15 @@ def _load_from_store(store: SnapshotStore, manifest: Manifest, platform: str, ke
         return {"store_artifact": f"unreadable: {e}"}
     if data is None:
         return {}
-    info = torch.compiler.load_cache_artifacts(data)
+    try:
+        info = torch.compiler.load_cache_artifacts(data)
+    except Exception as e:  # signed, but torch cannot read it (another build of torch): compile here
+        log.warning("could not load the signed compile artifact of %s %s: %s", manifest.model, manifest.version, e)
+        return {"store_artifact": f"unloadable: {type(e).__name__}: {str(e)[:200]}"}
     loaded = sum(len(v) for v in info.artifacts.values()) if info is not None else 0
+    if not loaded:  # torch read nothing from it (it does not always raise): compile here
+        log.warning("the signed compile artifact of %s %s held nothing torch could load", manifest.model, manifest.version)
+        return {"store_artifact": f"unloadable: torch found no compiled entries in its {len(data)} bytes"}
     return {"source": "signed artifact", "store_artifact": f"loaded ({len(data)} bytes, {loaded} entries)"}
 
 

@@ -230,11 +230,11 @@ def status(*args: Any, **kwargs: Any) -> dict[str, Any]:
 def version(*args: Any, **kwargs: Any) -> dict[str, Any]:
     """``(model, version, action, share=None, serving=False)``: ``stage`` a version beside the
     serving one (restored, warmed up and golden-checked, no traffic; ``serving``: make the
-    serving version HOT here first, for a canary worker that did not hold it), ``shadow`` (replay recent real
-    requests through both and report), ``canary`` (answer ``share`` of live requests with it,
-    counting both versions), ``canary_report``, ``switch`` to the staged version without
-    closing the model's queue, or ``discard`` it (workers/versions.py; `warmstart alias`,
-    `warmstart deploy`)."""
+    serving version HOT here first, for a canary worker that did not hold it), ``shadow``
+    (replay recent real requests through both and report), ``canary`` (answer ``share`` of
+    live requests with it, counting both versions), ``canary_report``, ``switch`` to the
+    staged version without closing the model's queue, or ``discard`` it (also a stage in
+    progress) (workers/versions.py; `warmstart alias`, `warmstart deploy`)."""
 
     def work() -> dict[str, Any]:
         arguments = bind_arguments(TASK_VERSION, VERSION_ARGS, args, kwargs)

@@ -48,3 +48,18 @@ def test_a_compile_past_its_deadline_is_a_typed_error_and_the_model_is_not_serve
     with pytest.raises(ModelExecutionError, match="WARMSTART_COMPILE_TIMEOUT_S"):
         pool.ensure("m", Tier.HOT)
     assert pool.slot("m").tier != Tier.HOT and not pool.slot("m").consuming
+
+
+def test_a_signed_artifact_torch_cannot_read_is_reported_and_the_model_compiles_here(kit: PoolKit) -> None:
+    from warmstart.snapshot.catalog import read_manifest
+    from warmstart.snapshot.compiled import platform_key, push_artifact
+    from warmstart.workers.compiling import _load_from_store
+
+    kit.publish("m", compile_spec={"backend": "inductor", "mode": "default"})
+    manifest = read_manifest(kit.store, "m", "v1")
+    key = b"k" * 32
+    push_artifact(kit.store, key, "m", "v1", platform_key("cpu"), b"signed, but not torch's format")
+    report = _load_from_store(kit.store, manifest, platform_key("cpu"), key)
+    assert report["store_artifact"].startswith("unloadable") and "source" not in report
+    assert _load_from_store(kit.store, manifest, platform_key("cpu"), b"x" * 32)["store_artifact"].startswith("refused")
+    assert _load_from_store(kit.store, manifest, platform_key("cpu"), None)["store_artifact"].startswith("ignored")
