@@ -173,13 +173,9 @@ def compile_bench(repeats: int, workdir: Path | None, json_path: Path | None) ->
     host's warm cache, a signed artifact from the store, and the same weights eagerly; each in
     fresh processes, warmed alike (about 3 minutes on 2 cores)."""
     from warmstart.bench.compile import compile_tables, run_compile_benchmark
-    from warmstart.bench.report import print_tables, write_json
 
     result = run_compile_benchmark(repeats, workdir, progress=lambda line: click.echo(line, err=True))
-    print_tables(compile_tables(result))
-    if json_path is not None:
-        write_json(json_path, result)
-        click.echo(f"wrote {json_path}", err=True)
+    _report(result, compile_tables, None, None, json_path)  # no picture
 
 
 @bench.command("rollout")

@@ -136,7 +136,6 @@ def _run(args: list[str], compile_dir: str = "", timeout_s: float = 900) -> str:
 def run_compile_benchmark(repeats: int = 2, workdir: Path | None = None, progress: Any = None) -> dict[str, Any]:
     """Publish the MLP (compiled and eager), push its signed artifact from another process,
     then ``repeats`` rounds of the four probes, each in a fresh process."""
-    from warmstart.bench.report import environment
     from warmstart.snapshot.publish import publish_module
     from warmstart.snapshot.stores import open_store_url
 
@@ -181,7 +180,7 @@ def run_compile_benchmark(repeats: int = 2, workdir: Path | None = None, progres
         return {
             "model": {"parameters": sum(p.numel() for p in module.parameters()),
                       "size_bytes": store.size("snapshots/mlp/v1/model.safetensors")},
-            "repeats": repeats, "pushed": pushed, "samples": samples, "environment": environment(),
+            "repeats": repeats, "pushed": pushed, "samples": samples,
             **summarise_compile(samples),
         }  # fmt: skip
     finally:

@@ -149,7 +149,7 @@ class AliasMover:
         """
         answers = self._ask(model, version, "stage", workers, timeout_s)
         failed = {w: a for w, a in answers.items() if not a.get("ok")}
-        no_room = {w for w, a in failed.items() if (a.get("error") or {}).get("type") == "BudgetError"}
+        no_room = {w for w, a in failed.items() if error_of(a)[0] == "BudgetError"}
         if no_room == set(failed) and len(no_room) < len(workers):
             for worker in no_room:
                 log.info("%s has no room for %s %s beside the serving version: it reloads after the switch",
@@ -197,6 +197,14 @@ class AliasMover:
         return answers
 
 
-def _reason(answer: dict[str, Any]) -> str:
-    error = answer.get("error") or {}
-    return f"{error.get('type', 'error')}: {error.get('message', answer)}"
+def error_of(answer: Any) -> tuple[str, str]:
+    """``(type, message)`` of a failed ``warmstart.version`` answer (or of anything else a
+    task returned)."""
+    error = answer.get("error") if isinstance(answer, dict) else None
+    if not isinstance(error, dict):
+        return "error", repr(answer)
+    return str(error.get("type", "error")), str(error.get("message", error))
+
+
+def _reason(answer: Any) -> str:
+    return ": ".join(error_of(answer))

@@ -51,7 +51,7 @@ from celery.result import AsyncResult
 from warmstart.infra.errors import RolloutError, SnapshotError, SnapshotNotFoundError, WarmstartError
 from warmstart.infra.redis_client import key, redis_errors
 from warmstart.infra.settings import Settings
-from warmstart.scheduler.alias import AliasMover, send_version_task
+from warmstart.scheduler.alias import AliasMover, error_of, send_version_task
 from warmstart.scheduler.scale_signal import leaving_workers
 from warmstart.snapshot.catalog import LIVE_ALIAS, get_alias, list_versions, read_manifest
 from warmstart.snapshot.names import validate_name
@@ -321,14 +321,6 @@ def start_rollout(store: SnapshotStore, rollouts: Rollouts, model: str, version:
                           new_bytes=manifest.weights.size_bytes, serving_bytes=serving_bytes)  # fmt: skip
 
 
-def _error_of(answer: Any) -> tuple[str, str]:
-    """``(type, message)`` of a failed task answer."""
-    error = answer.get("error") if isinstance(answer, dict) else None
-    if not isinstance(error, dict):
-        return "error", repr(answer)
-    return str(error.get("type", "error")), str(error.get("message", error))
-
-
 class RolloutDriver:
     """Advances every rollout in progress one step per beat tick (leader only)."""
 
@@ -382,8 +374,7 @@ class RolloutDriver:
         answer = result.get(timeout=1, propagate=False)
         result.forget()
         if not isinstance(answer, dict) or not answer.get("ok"):
-            error = (answer or {}).get("error", {}) if isinstance(answer, dict) else {"message": repr(answer)}
-            self._roll_back(record, f"{phase} failed on {record['canary']}: {error.get('type', 'error')}: {error.get('message')}")
+            self._roll_back(record, f"{phase} failed on {record['canary']}: {': '.join(error_of(answer))}")
             return
         if phase == "warm":
             self.rollouts.step(record, "shadow", staged_s=answer.get("staged_s"))
@@ -445,11 +436,11 @@ class RolloutDriver:
         if record["bake_from"] is None:
             # A serving worker without room for the new version beside the old sits the canary
             # out (it answers with the old one); the canary worker itself must take part.
-            skipped = {w: ": ".join(_error_of(a)) for w, a in failed.items()
-                       if w != record["canary"] and _error_of(a)[0] == "BudgetError"}  # fmt: skip
+            skipped = {w: ": ".join(error_of(a)) for w, a in failed.items()
+                       if w != record["canary"] and error_of(a)[0] == "BudgetError"}  # fmt: skip
             failed = {w: a for w, a in failed.items() if w not in skipped}
         if failed:
-            why = "; ".join(f"{w}: {_error_of(a)[1]}" for w, a in failed.items())
+            why = "; ".join(f"{w}: {error_of(a)[1]}" for w, a in failed.items())
             self._roll_back(record, f"canary failed ({why})")
             return
         if record["bake_from"] is None:  # every serving worker with room answers its share from now on

@@ -468,7 +468,7 @@ _ATOMIC = (int, float, bool, str, bytes, type(None))
 
 
 def clone_module(module: nn.Module, memo: dict[int, Any] | None = None) -> nn.Module:
-    """``copy.deepcopy(module)``, in a third of the time for a module tree.
+    """``copy.deepcopy(module)``, without deepcopy's generic reconstruction of every module.
 
     Per module, the ``__dict__`` is copied entry by entry: submodules recursively, immutable
     values shared, empty dicts made new (most of a module's dicts are its empty hook
@@ -653,7 +653,7 @@ def _plain_loading(module: nn.Module) -> bool:
 
 def _assign_plain(module: nn.Module, state: dict[str, torch.Tensor]) -> None:
     """What ``load_state_dict(state, strict=True, assign=True)`` does for plain modules, with
-    ``requires_grad`` off, in a third of the time: each tensor becomes the parameter (or
+    ``requires_grad`` off, without its per-module walk and hooks: each tensor becomes the parameter (or
     buffer) of its name, shapes checked first. The keys were checked to match already.
 
     Raises:

@@ -157,6 +157,7 @@ def push_compiled(settings: Settings, model: str, ref: str = "live") -> dict[str
     from warmstart.snapshot.cache import SnapshotCache, fetch_version
     from warmstart.snapshot.compiled import push_artifact
     from warmstart.snapshot.golden import load_golden
+    from warmstart.snapshot.process import resolve_device
     from warmstart.snapshot.restore import restore_model
     from warmstart.snapshot.stores import open_store
 
@@ -171,7 +172,7 @@ def push_compiled(settings: Settings, model: str, ref: str = "live") -> dict[str
             f"{model} {manifest.version} was not published with --compile inductor (compile: {manifest.compile or 'none'}): "
             "there is no generated code to share; republish it with --compile inductor"
         )
-    device = "cuda" if settings.device == "cuda" or (settings.device == "auto" and torch.cuda.is_available()) else "cpu"
+    device = str(resolve_device(settings.device))
     module = restore_model(local.weights_path, manifest, device=device, allowed_architectures=settings.allowed_architectures)
     golden_in, _ = load_golden(local.directory / manifest.golden.file, manifest.golden)
     golden_in = {k: v.to(device) for k, v in golden_in.items()}
