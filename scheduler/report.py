@@ -17,7 +17,11 @@ def print_simulation(result: dict[str, Any], console: Console | None = None) -> 
     """
     console = console or Console()
     info = result.get("trace", {})
-    table = Table(title=(f"{info.get('models', '?')} models × {info.get('minutes', '?')} minutes, "
+    learned = info.get("learn_minutes", 0)
+    minutes = info.get("minutes", "?")
+    window = (f"the last {minutes - learned} of {minutes} minutes (after {learned} learning ones)"
+              if learned and isinstance(minutes, int) else f"{minutes} minutes")
+    table = Table(title=(f"{info.get('models', '?')} models × {window}, "
                          f"budget {result.get('budget_bytes', 0) / 2**30:.1f} GiB"))
     for col in ("policy", "cold %", "Q3 cold %", "waste % (fixed-10=100)", "host waste %",
                 "memory USD", "cold s (budget)", "cold % (budget)", "replay s"):
@@ -38,6 +42,23 @@ def print_simulation(result: dict[str, Any], console: Console | None = None) -> 
             style="bold" if name in result.get("policies", {}) else None,
         )
     console.print(table)
+
+
+def print_headroom(result: dict[str, Any], console: Console | None = None) -> None:
+    """Print :func:`warmstart.scheduler.headroom.measure_headroom` output, one table per
+    policy: its replay, then its rule with hindsight of each model's first idle time, then
+    of all its idle times."""
+    console = console or Console()
+    for entry in result.get("policies", []):
+        table = Table(title=(f"headroom of {entry['policy']}: the same rule with hindsight "
+                             f"(first-arrival floor {result['first_arrival_floor_pct']:.2f} %)"))
+        for col in ("knowledge", "cold %", "Q3 cold %", "HOT waste % (fixed-10=100)", "cold starts"):
+            table.add_column(col, justify="left" if col == "knowledge" else "right", no_wrap=True)
+        for name, m in entry["rows"].items():
+            label = "learned online (the policy)" if name == entry["policy"] else name
+            table.add_row(label, f"{m['overall_cold_pct']:.2f}", f"{m['q3_cold_pct']:.2f}",
+                          f"{m['waste_pct']:.1f}", f"{m['cold_starts']}")
+        console.print(table)
 
 
 def print_advice(rows: list[dict[str, Any]], console: Console | None = None) -> None:

@@ -17,7 +17,13 @@ Metrics per policy (as in Shahrad et al.):
   price + GB × hours at HOST × the host price, every minute held (with arrivals or not);
   ``hot_cost_usd`` and ``host_cost_usd`` are its two parts;
 
-and, under a memory budget (``budget_bytes`` of device memory, the same again of host memory;
+With ``learn_minutes`` (``warmstart simulate --learn-minutes``) every policy is replayed from
+the trace's first minute but measured only after that many: the models enter the measured
+window with the state a live beat that has run before would hold (Redis keeps it across days),
+rather than unknown. Every metric, the ``fixed-10`` reference included, then counts only the
+measured minutes.
+
+And, under a memory budget (``budget_bytes`` of device memory, the same again of host memory;
 default: half the sum of all model sizes, which the policies' HOT sets exceed at peaks):
 
 - ``cold_seconds``: seconds of cold start paid, from the tier each model was at when its
@@ -160,36 +166,60 @@ def _budgeted(tiers: np.ndarray, probs: np.ndarray, size: np.ndarray,
     return out, int(evictions)
 
 
-def _metrics(name: str, trace: Trace, tiers: np.ndarray, probs: np.ndarray,
-             seconds: np.ndarray, saved_s: np.ndarray, budget_bytes: int,
-             elapsed_s: float, prices: Prices) -> dict[str, Any]:
+def trace_contexts(trace: Trace, throughputs: Throughputs | None = None) -> list[ModelContext]:
+    """One :class:`ModelContext` per model of the trace: its size, the cost model's load
+    times for that size, and the fleet's mean size as the reference a cold start is valued
+    against (what the live beat gives the policy)."""
+    size = trace.memory_bytes()
+    reference = int(size.mean()) if size.size else 0
+    return [ModelContext(n, default_to_hot_s(int(s), throughputs), int(s), reference)
+            for n, s in zip(trace.names, size)]
+
+
+def cold_and_waste(trace: Trace, hot: np.ndarray) -> dict[str, Any]:
+    """The metrics of a ``(N, T)`` HOT mask alone: ``overall_cold_pct``, ``q3_cold_pct``,
+    ``median_cold_pct``, ``waste_mb_min`` (MB × minutes HOT without arrivals) and
+    ``cold_starts`` (minutes with arrivals not HOT)."""
     active = trace.counts > 0
-    hot = tiers == _HOT
-    mem_mb = trace.memory_mb[:, None]
     cold = active & ~hot
     n_active = active.sum(axis=1)
     per_model = cold.sum(axis=1)[n_active > 0] / n_active[n_active > 0] * 100
+    return {
+        "overall_cold_pct": float(cold.sum() / max(active.sum(), 1) * 100),
+        "q3_cold_pct": float(np.percentile(per_model, 75)) if per_model.size else 0.0,
+        "median_cold_pct": float(np.percentile(per_model, 50)) if per_model.size else 0.0,
+        "waste_mb_min": float(((hot & ~active) * trace.memory_mb[:, None]).sum()),
+        "cold_starts": int(cold.sum()),
+    }
+
+
+def _metrics(name: str, trace: Trace, tiers: np.ndarray, probs: np.ndarray,
+             seconds: np.ndarray, saved_s: np.ndarray, budget_bytes: int,
+             elapsed_s: float, prices: Prices, learn_minutes: int = 0) -> dict[str, Any]:
+    # Before its first arrival a model has never been fetched: it comes from REMOTE (an
+    # arrival during the learning minutes counts: the model was fetched then).
+    full_active = trace.counts > 0
+    seen_before = (np.cumsum(full_active, axis=1) - full_active > 0)[:, learn_minutes:]
+    trace = trace.select(cols=slice(learn_minutes, None))
+    tiers, probs = tiers[:, learn_minutes:], probs[:, learn_minutes:]
+    active = trace.counts > 0
+    hot = tiers == _HOT
+    mem_mb = trace.memory_mb[:, None]
     size = trace.memory_bytes()
     gb = size.astype(np.float64) / GiB
     hot_usd = float((hot.sum(axis=1) * gb).sum() * prices.gpu_gb_hour / 60)
     host_usd = float(((tiers == _HOST).sum(axis=1) * gb).sum() * prices.host_gb_hour / 60)
     b_tiers, evictions = _budgeted(tiers, probs, size, saved_s, budget_bytes)
     b_cold = active & (b_tiers != _HOT)
-    # Before its first arrival a model has never been fetched: it comes from REMOTE.
-    seen_before = np.cumsum(active, axis=1) - active > 0
     from_tier = np.where(seen_before | (b_tiers == _HOST), b_tiers, _REMOTE)
     cold_s = np.take_along_axis(seconds, from_tier.astype(np.int64), axis=1)[b_cold].sum()
     return {
         "policy": name,
-        "overall_cold_pct": float(cold.sum() / max(active.sum(), 1) * 100),
-        "q3_cold_pct": float(np.percentile(per_model, 75)) if per_model.size else 0.0,
-        "median_cold_pct": float(np.percentile(per_model, 50)) if per_model.size else 0.0,
-        "waste_mb_min": float(((hot & ~active) * mem_mb).sum()),
+        **cold_and_waste(trace, hot),
         "host_mb_min": float((((tiers == _HOST) & ~active) * mem_mb).sum()),
         "memory_cost_usd": hot_usd + host_usd,
         "hot_cost_usd": hot_usd,
         "host_cost_usd": host_usd,
-        "cold_starts": int(cold.sum()),
         "cold_seconds": float(cold_s),
         "budget_cold_pct": float(b_cold.sum() / max(active.sum(), 1) * 100),
         "evictions": evictions,
@@ -199,7 +229,7 @@ def _metrics(name: str, trace: Trace, tiers: np.ndarray, probs: np.ndarray,
 
 def simulate(trace: Trace, policies: list[str] | None = None, budget_bytes: int | None = None,
              *, sweep: bool = False, throughputs: Throughputs | None = None,
-             prices: Prices | None = None) -> dict[str, Any]:
+             prices: Prices | None = None, learn_minutes: int = 0) -> dict[str, Any]:
     """Replay ``trace`` through each policy and measure cold starts, waste and cost.
 
     Args:
@@ -212,31 +242,38 @@ def simulate(trace: Trace, policies: list[str] | None = None, budget_bytes: int 
             plot), under ``"sweep"``.
         throughputs: load-time defaults of the cost model.
         prices: memory prices for ``memory_cost_usd`` (default: the settings' defaults).
+        learn_minutes: replay the first ``learn_minutes`` minutes without measuring them:
+            the policies enter the measured window with what they learned, as a live beat
+            that has run before does (0: measure from the first minute, every model unknown).
 
     Returns:
         JSON-ready ``{"policies": {name: metrics}, "sweep": {name: metrics}, "trace": {…},
         "budget_bytes": int, "elapsed_s": float}``; metrics are listed in the module doc.
 
     Raises:
-        SchedulerError: unknown policy name, empty trace or non-positive budget.
+        SchedulerError: unknown policy name, empty trace, non-positive budget, or
+            ``learn_minutes`` outside ``[0, minutes)``.
     """
     names = list(dict.fromkeys(policies or DEFAULT_POLICIES))
     for name in names:
         make_policy(name)  # fail before any work on an unknown name
     if trace.n_models == 0 or trace.n_minutes == 0:
         raise SchedulerError("the trace has no models or no minutes; check the invocations file")
+    if not 0 <= learn_minutes < trace.n_minutes:
+        raise SchedulerError(
+            f"learn_minutes must be in [0, {trace.n_minutes}) for this {trace.n_minutes}-minute "
+            f"trace, got {learn_minutes}; leave minutes to measure after the learning ones"
+        )
     budget = default_budget_bytes(trace) if budget_bytes is None else int(budget_bytes)
     if budget <= 0:
         raise SchedulerError(f"budget_bytes must be > 0, got {budget}")
     size = trace.memory_bytes()
-    seconds_by_model = [default_to_hot_s(int(s), throughputs) for s in size]
+    contexts = trace_contexts(trace, throughputs)
+    seconds_by_model = [c.to_hot_s or {} for c in contexts]
     seconds = np.array([[d[t.name] for t in TIER_ORDER] for d in seconds_by_model])
     costs = [ModelCosts(n, int(s), d) for n, d, s in zip(trace.names, seconds_by_model, size)]
     saved_s = np.array([[c.seconds_saved(Tier.HOT, Tier.HOST), c.seconds_saved(Tier.HOST, Tier.DISK)]
                         for c in costs])
-    reference = int(size.mean())
-    contexts = [ModelContext(n, d, int(s), reference)
-                for n, d, s in zip(trace.names, seconds_by_model, size)]
     extra = []
     if sweep:
         extra = [f"fixed-{n}" for n in SWEEP_FIXED_MIN] + [
@@ -247,12 +284,12 @@ def simulate(trace: Trace, policies: list[str] | None = None, budget_bytes: int 
         t0 = time.perf_counter()
         tiers, probs = replay(trace, name, contexts)
         results[name] = _metrics(name, trace, tiers, probs, seconds, saved_s, budget,
-                                 time.perf_counter() - t0, prices or Prices())
+                                 time.perf_counter() - t0, prices or Prices(), learn_minutes)
     ref = results[REFERENCE_POLICY]["waste_mb_min"] or 1.0
     for r in results.values():
         r["waste_pct"] = r["waste_mb_min"] / ref * 100
         r["host_waste_pct"] = r["host_mb_min"] / ref * 100
-    active = trace.counts > 0
+    active = trace.counts[:, learn_minutes:] > 0
     return {
         "policies": {n: results[n] for n in names},
         "sweep": {n: results[n] for n in results if n not in names},
@@ -261,7 +298,8 @@ def simulate(trace: Trace, policies: list[str] | None = None, budget_bytes: int 
             "models": trace.n_models,
             "minutes": trace.n_minutes,
             "first_minute": int(trace.minutes[0]),
-            "invocations": int(trace.counts.sum()),
+            "learn_minutes": learn_minutes,
+            "invocations": int(trace.counts[:, learn_minutes:].sum()),
             "active_minutes": int(active.sum()),
             "total_memory_mb": float(trace.memory_mb.sum()),
         },
@@ -270,4 +308,5 @@ def simulate(trace: Trace, policies: list[str] | None = None, budget_bytes: int 
     }
 
 
-__all__ = ["simulate", "replay", "default_budget_bytes", "DEFAULT_POLICIES", "ModelCosts"]
+__all__ = ["simulate", "replay", "trace_contexts", "cold_and_waste", "default_budget_bytes",
+           "DEFAULT_POLICIES", "ModelCosts"]

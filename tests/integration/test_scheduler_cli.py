@@ -33,9 +33,19 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
 
 def test_simulate_writes_json_and_plot(tmp_path: Path) -> None:
     trace = write_trace(tmp_path)
-    result = run("simulate", str(trace), "--json", str(tmp_path / "sim.json"), "--plot", str(tmp_path / "sim.png"))
+    result = run("simulate", str(trace), "--json", str(tmp_path / "sim.json"), "--plot", str(tmp_path / "sim.png"),
+                 "--headroom")
     assert result.returncode == 0, result.stderr
-    policies = json.loads((tmp_path / "sim.json").read_text())["policies"]
+    written = json.loads((tmp_path / "sim.json").read_text())
+    policies = written["policies"]
+    headroom = written["headroom"]["policies"]
+    assert [entry["policy"] for entry in headroom] == ["warmstart"]
+    rows = headroom[0]["rows"]
+    assert rows["warmstart"]["overall_cold_pct"] == pytest.approx(policies["warmstart"]["overall_cold_pct"])
+    # No row goes below the first-arrival floor; on this trace hindsight beats learning.
+    floor = written["headroom"]["first_arrival_floor_pct"]
+    assert floor <= rows["known-hazard"]["overall_cold_pct"] <= rows["warmstart"]["overall_cold_pct"]
+    assert "headroom of warmstart" in result.stdout
     assert {"fixed-10", "hybrid", "warmstart"} <= set(policies)
     for metrics in policies.values():
         assert {"overall_cold_pct", "q3_cold_pct", "waste_pct", "cold_seconds"} <= set(metrics)
@@ -57,3 +67,16 @@ def test_simulate_refuses_a_bad_trace(tmp_path: Path) -> None:
     (tmp_path / "invocations.csv").write_text("not,a,trace\n1,2,3\n")
     result = run("simulate", str(tmp_path))
     assert result.returncode == 2 and "TraceFormatError" in result.stderr
+
+
+def test_simulate_measures_after_learning_minutes(tmp_path: Path) -> None:
+    trace = write_trace(tmp_path)
+    result = run("simulate", str(trace), "--policy", "warmstart", "--learn-minutes", "60",
+                 "--json", str(tmp_path / "sim.json"))
+    assert result.returncode == 0, result.stderr
+    written = json.loads((tmp_path / "sim.json").read_text())
+    assert written["trace"]["learn_minutes"] == 60
+    assert written["trace"]["active_minutes"] == 60 + 6 + 1  # busy, periodic, rare after 60
+    assert "after 60 learning ones" in result.stdout
+    too_long = run("simulate", str(trace), "--learn-minutes", "120")
+    assert too_long.returncode == 2 and "learn_minutes must be in [0, 120)" in too_long.stderr

@@ -43,11 +43,14 @@ def beat(ctx: click.Context, ticks: int | None, loglevel: str) -> None:
 @click.option("--sweep/--no-sweep", default=False, help="Also run fixed-N and warmstart-B curves (slower).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the result as JSON.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), help="Draw the cold-start vs waste plane (PNG).")
+@click.option("--learn-minutes", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Replay this many first minutes without measuring them: policies enter the measured window with what they learned, as a beat that ran before does.")
+@click.option("--headroom", is_flag=True, help="Also replay each warmstart policy's rule with hindsight knowledge of every model (what learning costs it).")
 @click.pass_context
 def simulate(ctx: click.Context, trace_dir: Path, policies: tuple[str, ...], budget_bytes: int | None, sweep: bool,
-             json_path: Path | None, plot_path: Path | None) -> None:
+             json_path: Path | None, plot_path: Path | None, learn_minutes: int, headroom: bool) -> None:
     """Replay an Azure Functions trace through the scheduler's policies and compare them."""
-    from warmstart.scheduler.report import print_simulation
+    from warmstart.scheduler.report import print_headroom, print_simulation
     from warmstart.scheduler.simulator import simulate as run
     from warmstart.scheduler.traces import load_trace
 
@@ -59,8 +62,19 @@ def simulate(ctx: click.Context, trace_dir: Path, policies: tuple[str, ...], bud
 
     settings = settings_from(ctx)
     prices = Prices(gpu_gb_hour=settings.gpu_gb_hour_price, host_gb_hour=settings.host_gb_hour_price)
-    result = run(load_trace(trace_dir), list(policies) or None, budget_bytes, sweep=sweep, prices=prices)
-    print_simulation(result, Console(width=max(Console().width, 120)))
+    trace = load_trace(trace_dir)
+    result = run(trace, list(policies) or None, budget_bytes, sweep=sweep, prices=prices,
+                 learn_minutes=learn_minutes)
+    console = Console(width=max(Console().width, 120))
+    print_simulation(result, console)
+    if headroom:
+        from warmstart.scheduler.headroom import measure_headroom
+        from warmstart.scheduler.policies import make_policy
+        from warmstart.scheduler.policies.warmstart import WarmstartPolicy
+
+        ours = [name for name in result["policies"] if isinstance(make_policy(name), WarmstartPolicy)]
+        result["headroom"] = measure_headroom(trace, ours or None)
+        print_headroom(result["headroom"], console)
     if json_path:
         json_path.write_text(json.dumps(result, indent=2))
         click.echo(f"wrote {json_path}", err=True)

@@ -163,3 +163,31 @@ def test_hybrid_plus_host_is_hybrid_with_its_unloaded_models_at_host() -> None:
     assert parked["host_cost_usd"] > 0 == plain["host_cost_usd"]
     # Under the budget, evicted models fall to HOST instead of DISK: fewer cold seconds.
     assert parked["cold_seconds"] <= plain["cold_seconds"]
+
+
+def test_learning_minutes_are_replayed_but_not_measured() -> None:
+    trace = tiny()  # a at 0, 5 and 20; b at 10 (4 requests)
+    full = simulate(trace, ["fixed-10"])
+    learned = simulate(trace, ["fixed-10"], learn_minutes=6)
+    m = learned["policies"]["fixed-10"]
+    assert learned["trace"]["learn_minutes"] == 6 and learned["trace"]["active_minutes"] == 2
+    assert learned["trace"]["invocations"] == 5
+    # Measured: a at 20 (15 idle minutes: cold under fixed-10) and b's first minute.
+    assert m["cold_starts"] == 2 and m["overall_cold_pct"] == pytest.approx(100.0)
+    assert full["policies"]["fixed-10"]["cold_starts"] == 3
+    # Idle HOT minutes from minute 6 on: a 6..15 and 21..29 at 100 MB, b 11..20 at 50 MB.
+    assert m["waste_mb_min"] == pytest.approx(19 * 100 + 10 * 50)
+    assert m["waste_pct"] == pytest.approx(100.0)  # the reference is measured on the same minutes
+    # a was fetched during the learning minutes: its cold start at 20 comes from DISK, not
+    # REMOTE, so it costs less than on a trace where 20 is its first arrival.
+    unseen = tiny()
+    unseen.counts[0, [0, 5]] = 0
+    first_at_20 = simulate(unseen, ["fixed-10"], learn_minutes=6)["policies"]["fixed-10"]
+    assert first_at_20["cold_starts"] == 2
+    assert m["cold_seconds"] < first_at_20["cold_seconds"]
+
+
+@pytest.mark.parametrize("minutes", [-1, 30, 31])
+def test_learning_minutes_must_leave_minutes_to_measure(minutes: int) -> None:
+    with pytest.raises(SchedulerError, match=r"learn_minutes must be in \[0, 30\)"):
+        simulate(tiny(), ["fixed-10"], learn_minutes=minutes)
