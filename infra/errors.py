@@ -213,6 +213,12 @@ class BudgetError(WorkerError):
 
     code = "budget"
 
+    def __init__(self, message: str, *, busy: bool = False) -> None:
+        super().__init__(message)
+        #: The room exists but models in use or promotions in progress hold it: it may free
+        #: up (False: the model is larger than the whole budget; waiting cannot help).
+        self.busy = busy
+
 
 class RequestCrashedWorkersError(WorkerError):
     """Raised when a request was delivered more than WARMSTART_MAX_DELIVERIES times because

@@ -92,6 +92,9 @@ class Settings(BaseSettings):
     # it would otherwise take the fleet down in turn. After this many deliveries it is
     # answered with RequestCrashedWorkersError instead of run.
     max_deliveries: int = Field(3, ge=1)
+    # A promotion whose room is held by models in use (or by other promotions) waits this
+    # long for them to finish before it is answered with BudgetError (0: answer at once).
+    room_wait_s: float = Field(10.0, ge=0, le=600)
     # A request unanswered this long is looked for; one the broker lost (in no queue, not
     # running, not answered) is sent again by the client (workers/delivery.py).
     request_check_s: float = Field(5.0, gt=0)

@@ -64,7 +64,8 @@ class Reservations:
             if size_bytes <= budget_bytes < size_bytes + others:
                 raise BudgetError(
                     f"{size_bytes} bytes for {model!r} do not fit the {level.name} budget "
-                    f"({budget_bytes} bytes) while other promotions hold {others} bytes of it; retry later"
+                    f"({budget_bytes} bytes) while other promotions hold {others} bytes of it; retry later",
+                    busy=True,
                 )
             candidates = [r for r in residents() if r.model != model]
             victims = choose_demotions(candidates, level, size_bytes, budget_bytes - others)

@@ -35,7 +35,14 @@ the pool. Four kinds of lock guard it, and nothing else does:
 Order: ``slot.lock`` may be held while taking ``_budget_lock`` (a promotion reserving bytes),
 never the reverse. A thread holding its own slot's lock takes a victim's lock only without
 blocking (a busy victim is skipped and another chosen), so no two promotions can wait for
-each other.
+each other. A promotion that requests wait for (a request's own load, a lazy pre-warm) or a
+version being staged, finding its room held by models in use (leased, moving, being
+evicted), waits for it, for at most ``WARMSTART_ROOM_WAIT_S``, holding its own slot's lock
+and no other lock, and no reservation of the tier it waits for (a version being staged keeps
+its HOST reservation while it waits for DEVICE room): it polls, so it never waits on a lock
+the busy models' holders need, and its own model, being below the tier it reserves, holds
+none of the room it waits for. Every wait ends at its deadline, so a wait that another wait
+holds up ends too. Room pinned for longer (a staged version, a drain) is not waited for.
 
 Batching (:mod:`warmstart.workers.batching`) adds no lock on pool state: a request waits in a
 batch holding only its lease; the batcher's own locks guard its open batches and serialise
@@ -91,6 +98,9 @@ from warmstart.workers.warmup import HealthResult, WarmupResult, health_check, r
 from warmstart.workers.wire import check_finite, decode_inputs, encode_tensors
 
 log = logging.getLogger(__name__)
+
+#: How often a promotion waiting for room held by busy models tries again.
+ROOM_POLL_S = 0.02
 
 class ModelPool:
     """All models of one worker process. Thread-safe: see the module's rule for shared state."""
@@ -154,37 +164,61 @@ class ModelPool:
     def residents(self, pinned: frozenset[str] = frozenset()) -> list[Resident]:
         """What the eviction rule needs to know of every model held above REMOTE."""
         eager = set(self.settings.eager_models) if self.settings.profile == "prod" else set()
-        moving = self._reservations.moving() | self.versions.pinned()
-        return [
-            Resident(
-                s.model, s.tier, s.size_bytes, s.last_used_s,
-                s.model in pinned or s.model in moving or s.in_flight > 0 or s.evicting or s.draining,
-                s.model in eager,
-            )  # fmt: skip
-            for s in list(self.slots.values())
-            if s.tier > Tier.REMOTE
-        ]
+        moving, staged = self._reservations.moving(), self.versions.pinned()
+        residents = []
+        for s in list(self.slots.values()):
+            if s.tier <= Tier.REMOTE:
+                continue
+            in_use = s.model in pinned or s.model in moving or s.in_flight > 0 or s.evicting
+            held = s.model in staged or s.draining  # pinned for as long as a rollout or drain
+            residents.append(Resident(s.model, s.tier, s.size_bytes, s.last_used_s, in_use or held,
+                                      s.model in eager, busy=in_use and not held))
+        return residents
 
     # --- budgets --------------------------------------------------------------------------
 
     def _budget(self, level: Tier) -> int:
         return self.settings.device_budget_bytes if level >= Tier.DEVICE else self.settings.host_budget_bytes
 
-    def _reserve(self, slot: Slot, level: Tier, size_bytes: int) -> None:
+    def _reserve(self, slot: Slot, level: Tier, size_bytes: int, *, wait: bool = False) -> None:
         """Count ``size_bytes`` of ``slot`` against ``level``'s budget from now on, demoting the
         least recently used idle models below ``level`` first when they are in the way.
 
         Called with ``slot.lock`` held. The reservation stands until :meth:`_unreserve`.
+        With ``wait`` (requests are waiting for this promotion, or a version is being
+        staged), when the room is held by models in use or by other promotions
+        (``BudgetError.busy``), it waits up to ``WARMSTART_ROOM_WAIT_S`` for them, trying
+        again every ``ROOM_POLL_S`` (see the rule for shared state: no other lock is held
+        while it waits). Without, it answers at once: the beat's pre-warms are planned again
+        next tick, and do not hold a task thread meanwhile.
 
         Raises:
-            BudgetError: it does not fit even with every idle model demoted.
+            BudgetError: it does not fit even with every idle model demoted (at once when the
+                model is larger than the budget; after the wait when the room stayed busy).
         """
         skip: set[str] = set()
+        waited = False
+        wait_s = self.settings.room_wait_s if wait else 0.0
+        deadline = time.monotonic() + wait_s
         while True:
-            picked = self._reservations.reserve(
-                slot.model, level, size_bytes, self._budget(level),
-                lambda: self.residents(frozenset(skip)), self._mark_evicting,
-            )  # fmt: skip
+            try:
+                picked = self._reservations.reserve(
+                    slot.model, level, size_bytes, self._budget(level),
+                    lambda: self.residents(frozenset(skip)), self._mark_evicting,
+                )  # fmt: skip
+            except BudgetError as e:
+                left = deadline - time.monotonic()
+                if not e.busy or left <= 0:
+                    if e.busy and wait_s > 0:
+                        raise BudgetError(f"{e} (waited {wait_s:g} s for room: WARMSTART_ROOM_WAIT_S)",
+                                          busy=True) from e
+                    raise
+                if not waited:
+                    log.info("waiting up to %.1f s for room for %s at %s: %s", left, slot.model, level.name, e)
+                    waited = True
+                time.sleep(min(ROOM_POLL_S, left))
+                skip.clear()  # the models that were busy may be idle now
+                continue
             busy = [v.model for v in picked if not self._evict(v, Tier(level - 1))]
             if not busy:
                 return
@@ -264,6 +298,8 @@ class ModelPool:
                 self._retire(slot)
             raise
         except WarmstartError as e:
+            if isinstance(e, BudgetError) and e.busy and not urgent:
+                raise  # the room is in use: not the model's failure (the beat plans it again)
             self._fail(slot, e, answer_waiting=urgent)
             raise
         except Exception as e:  # a factory or a forward that raised: typed, never raw
@@ -281,7 +317,7 @@ class ModelPool:
             slot.local = self.cache.fetch(self.store, slot.manifest)
         elif step == Tier.HOST:
             slot.need("local", "manifest")
-            self._reserve(slot, Tier.HOST, slot.size_bytes)
+            self._reserve(slot, Tier.HOST, slot.size_bytes, wait=urgent)
             try:
                 if not slot.local.weights_path.exists():  # type: ignore[union-attr]  # evicted since: fetch again
                     slot.local = self.cache.fetch(self.store, slot.manifest)  # type: ignore[arg-type]
@@ -291,7 +327,7 @@ class ModelPool:
                 self._unreserve(slot, Tier.HOST)
         elif step == Tier.DEVICE:
             slot.need("host_module", "local", "manifest")
-            self._reserve(slot, Tier.DEVICE, slot.size_bytes)
+            self._reserve(slot, Tier.DEVICE, slot.size_bytes, wait=urgent)
             try:
                 if self.device.type == "cpu":
                     slot.device_module = slot.host_module  # ready on the CPU: the same memory
@@ -332,14 +368,15 @@ class ModelPool:
         if held > slot.size_bytes:
             # Count the difference before keeping the module; without room, drop it now.
             try:
-                self._reserve(slot, Tier.HOST, held)
+                self._reserve(slot, Tier.HOST, held)  # no wait: the module is held meanwhile
             except BudgetError as e:
                 del module
                 gc.collect()
                 raise BudgetError(
                     f"model {slot.model!r} holds {held} bytes once restored (its weights are "
                     f"{slot.size_bytes}; its architecture's kwargs create the rest), which does not "
-                    f"fit the HOST budget: {e}"
+                    f"fit the HOST budget: {e}",
+                    busy=e.busy,
                 ) from e
         slot.held_bytes = held
         slot.host_module = module

@@ -39,6 +39,9 @@ class Resident:
     last_used_s: float  # monotonic seconds of the last request or warm-up
     pinned: bool = False  # in the middle of a transition, or the model being made room for
     keep_last: bool = False  # an eager model: demoted only when no other model can make room
+    #: Pinned only while it is used (a request's lease, a promotion or an eviction in
+    #: progress): its room may free up soon. False for a staged version or a drain.
+    busy: bool = False
 
 
 def steps_between(current: Tier, target: Tier) -> list[Tier]:
@@ -83,8 +86,12 @@ def choose_demotions(
         victims.append(candidate)
         free += candidate.size_bytes
     if free < needed_bytes:
+        # Waiting can help only if the models in use would leave enough room once idle.
+        in_use = sum(r.size_bytes for r in holders if r.pinned and r.busy)
         raise BudgetError(
             f"{needed_bytes} bytes do not fit the {level.name} budget ({budget_bytes} bytes): "
-            f"the models holding it are in use; retry later or raise the budget"
+            f"the models holding it are in use or pinned (staged versions, a drain); retry "
+            f"later or raise the budget",
+            busy=free + in_use >= needed_bytes,
         )
     return victims

@@ -97,8 +97,8 @@ class VersionStager:
             staged.manifest = pool._manifest(model, version)
             staged.local = pool.cache.fetch(pool.store, staged.manifest)
             size = staged.size_bytes
-            pool._reserve(staged, Tier.HOST, size)
-            pool._reserve(staged, Tier.DEVICE, size)
+            pool._reserve(staged, Tier.HOST, size, wait=True)
+            pool._reserve(staged, Tier.DEVICE, size, wait=True)
             pool._restore_host(staged)  # counts what the module really holds, too
             if staged.held_bytes > size:
                 pool._reserve(staged, Tier.DEVICE, staged.held_bytes)

@@ -16,6 +16,7 @@ from warmstart.snapshot.manifest import InputSpec
 from warmstart.workers.stub import StubRegistry
 from warmstart.workers.wire import decode_outputs, encode_tensor
 
+from tests.models import FLAKY
 from tests.unit.workers.conftest import PoolKit
 
 
@@ -55,16 +56,20 @@ def _run_together(jobs: list[Any]) -> list[BaseException | None]:
     return errors
 
 
-def test_concurrent_promotions_never_hold_more_than_the_host_budget(kit: PoolKit) -> None:
+@pytest.mark.parametrize("urgent", [False, True])
+def test_concurrent_promotions_never_hold_more_than_the_host_budget(kit: PoolKit, urgent: bool) -> None:
     names = [f"m{i}" for i in range(4)]
     for name in names:
         kit.publish(name, inputs=(InputSpec("x", "float32", ("batch", 64)),), features=64, outputs=64)
     size = kit.store.size("snapshots/m0/v1/model.safetensors") or 0
     sizes = {n: size for n in names}
     kit.registry = BudgetWatch(sizes)
-    pool = kit.make_pool(host_budget_bytes=int(size * 1.5), device_budget_bytes=int(size * 1.5))
+    pool = kit.make_pool(host_budget_bytes=int(size * 1.5), device_budget_bytes=int(size * 1.5),
+                         room_wait_s=30)
     for _ in range(5):
-        errors = _run_together([lambda n=n: pool.ensure(n, Tier.HOST) for n in names])
+        errors = _run_together([lambda n=n: pool.ensure(n, Tier.HOST, urgent=urgent) for n in names])
+        if urgent:  # requests wait: each waits for the others' promotions, then demotes the idle one
+            assert errors == [None] * len(names), errors
         assert all(e is None or isinstance(e, BudgetError) for e in errors), errors
         held = [s for s in pool.slots.values() if s.tier >= Tier.HOST]
         assert sum(s.size_bytes for s in held) <= int(size * 1.5)
@@ -206,3 +211,78 @@ def test_buffers_the_kwargs_create_count_against_the_budget(kit: PoolKit) -> Non
         pool.ensure("big", Tier.HOST)
     assert pool.slots["big"].tier < Tier.HOST
     assert pool.usage()["host_bytes"] == 0
+
+
+def _room_held_by_a_request(kit: PoolKit, tmp_path: Path, **overrides: Any) -> tuple[Any, Path, threading.Thread]:
+    """A pool with room for one model, that model HOT and a request of it running (blocked
+    until the flag file is removed), and a second model published."""
+    flag = tmp_path / "flag"
+    kit.publish("busy", factory=FLAKY, flag_path=str(flag))
+    kit.publish("next")
+    size = max(kit.store.size(f"snapshots/{m}/v1/model.safetensors") or 0 for m in ("busy", "next"))
+    pool = kit.make_pool(host_budget_bytes=int(size * 1.5), device_budget_bytes=int(size * 1.5), **overrides)
+    pool.ensure("busy", Tier.HOT)
+    flag.write_text("block")
+    request = threading.Thread(target=lambda: pool.infer("busy", {"x": [[0.0] * 8]}))
+    request.start()
+    while pool.slots["busy"].in_flight == 0:
+        threading.Event().wait(0.005)
+    return pool, flag, request
+
+
+def _in_thread(work: Any) -> tuple[threading.Thread, dict[str, Any]]:
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = work()
+        except BaseException as e:  # judged by the test
+            outcome["error"] = e
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, outcome
+
+
+def test_a_request_waits_for_the_request_that_holds_its_room(kit: PoolKit, tmp_path: Path) -> None:
+    pool, flag, request = _room_held_by_a_request(kit, tmp_path, room_wait_s=60)
+    # A beat's pre-warm is refused at once (the next tick plans it again) ...
+    with pytest.raises(BudgetError, match="in use") as refused:
+        pool.ensure("next", Tier.HOT)
+    assert refused.value.busy and "waited" not in str(refused.value)
+    # ... while a request for the model waits for the room.
+    waiting, outcome = _in_thread(lambda: pool.infer("next", {"x": [[0.0] * 8]}))
+    waiting.join(0.3)
+    assert "error" not in outcome  # not refused while the other request runs
+    assert pool.slots["busy"].tier == Tier.HOT  # and nothing demoted under that request
+    flag.unlink()
+    request.join(30)
+    waiting.join(30)
+    assert "error" not in outcome, outcome.get("error")
+    assert outcome["value"]["outputs"]  # answered
+    assert pool.slots["next"].tier == Tier.HOT
+    assert pool.slots["busy"].tier < Tier.DEVICE  # demoted once idle, to make the room
+
+
+def test_a_promotion_whose_room_stays_in_use_is_refused_after_the_wait(kit: PoolKit, tmp_path: Path) -> None:
+    pool, flag, request = _room_held_by_a_request(kit, tmp_path, room_wait_s=0.2)
+    try:
+        with pytest.raises(BudgetError, match="waited 0.2 s for room: WARMSTART_ROOM_WAIT_S") as refused:
+            pool.ensure("next", Tier.HOT, urgent=True)
+        assert refused.value.busy
+        assert pool.slots["busy"].tier == Tier.HOT and pool.slots["busy"].in_flight == 1
+        assert pool._reservations.total(Tier.HOST) == 0 and pool._reservations.total(Tier.DEVICE) == 0
+    finally:
+        flag.unlink()
+        request.join(30)
+
+
+def test_a_model_larger_than_the_budget_is_refused_without_waiting(kit: PoolKit) -> None:
+    kit.publish("big", inputs=(InputSpec("x", "float32", ("batch", 64)),), features=64, outputs=64)
+    size = kit.store.size("snapshots/big/v1/model.safetensors") or 0
+    pool = kit.make_pool(host_budget_bytes=size // 2, device_budget_bytes=size // 2, room_wait_s=600)
+    promotion, outcome = _in_thread(lambda: pool.ensure("big", Tier.HOT, urgent=True))
+    promotion.join(30)  # a wait would last 600 s
+    assert not promotion.is_alive()
+    assert isinstance(outcome.get("error"), BudgetError) and not outcome["error"].busy
+    assert "larger than the whole HOST budget" in str(outcome["error"])

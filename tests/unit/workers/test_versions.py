@@ -95,8 +95,11 @@ def test_staging_needs_room_beside_the_serving_version_and_never_evicts_it(kit: 
     size = kit.store.size("snapshots/m/v1/model.safetensors") or 0
     pool = kit.make_pool(host_budget_bytes=int(size * 1.5), device_budget_bytes=int(size * 1.5))
     pool.ensure("m", Tier.HOT)
-    with pytest.raises(BudgetError):
+    with pytest.raises(BudgetError) as refused:
         pool.versions.stage("m", "v2")
+    # The room is held by the serving version the stage itself pins: waiting cannot help,
+    # so the stage is refused at once (not after WARMSTART_ROOM_WAIT_S).
+    assert not refused.value.busy
     assert pool.slot("m").tier == Tier.HOT and pool.slot("m").version == "v1"
     assert pool._reservations.total(Tier.HOST) == 0 and pool._reservations.total(Tier.DEVICE) == 0
 
