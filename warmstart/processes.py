@@ -16,6 +16,7 @@ from pathlib import Path
 
 from warmstart.infra.redis_client import connect
 from warmstart.infra.errors import ServiceError
+from warmstart.infra.parent import PARENT_PID_ENV
 from warmstart.infra.services import terminate
 from warmstart.workers.registry import WorkerRegistry
 
@@ -39,7 +40,9 @@ class ChildProcess:
 
     def __init__(self, args: list[str], settings: Mapping[str, object], cwd: Path | None = None) -> None:
         self.args = args
-        self.env = {**os.environ, **settings_env(settings), "PYTHONUNBUFFERED": "1"}
+        # The child ends with this process, even one killed without clean-up (infra/parent.py).
+        self.env = {**os.environ, **settings_env(settings), "PYTHONUNBUFFERED": "1",
+                    PARENT_PID_ENV: str(os.getpid())}
         self.cwd = cwd or Path.cwd()
         self.log = tempfile.NamedTemporaryFile(prefix="warmstart-", suffix=".log", delete=False)
         self.process: subprocess.Popen[bytes] | None = None

@@ -31,6 +31,9 @@ class _Group(click.Group):
 def main(ctx: click.Context) -> None:
     """warmstart: PyTorch model serving behind Celery, without cold starts."""
     ctx.ensure_object(dict)
+    from warmstart.infra.parent import watch_parent_from_env
+
+    watch_parent_from_env()  # a worker or beat started from Python ends with its starter
 
 
 def settings_from(ctx: click.Context) -> Settings:
