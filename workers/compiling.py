@@ -1,6 +1,8 @@
 """The compile step of a model published with ``compile``: before its warm-up, the worker
-wraps the restored module in ``torch.compile`` and runs it once on its golden inputs, which
-compiles it (allowed ``WARMSTART_COMPILE_TIMEOUT_S``). The warm-up and the golden health
+wraps the restored module in ``torch.compile`` and runs it on its golden inputs, which
+compiles it (allowed ``WARMSTART_COMPILE_TIMEOUT_S``): once with the dynamic dimensions
+marked dynamic, and once at batch size 1 (:func:`compile_inputs`), so that no request's
+shape compiles at request time. The warm-up and the golden health
 check then run the compiled module, so a model is HOT only once its compiled code answers
 like the published one.
 
@@ -66,7 +68,7 @@ def _cache_counters() -> tuple[int, int]:
 def compile_model(module: torch.nn.Module, manifest: Manifest, golden_inputs: Mapping[str, torch.Tensor], *,
                   cache_dir: Path, device: str, timeout_s: float, store: SnapshotStore | None = None,
                   signing_key: bytes | None = None) -> tuple[torch.nn.Module, dict[str, Any]]:  # fmt: skip
-    """Compile ``module`` as its manifest asks and run it once on ``golden_inputs``.
+    """Compile ``module`` as its manifest asks and run it on :func:`compile_inputs`.
 
     Returns:
         The compiled module, and the report for the slot's state.
@@ -87,9 +89,11 @@ def compile_model(module: torch.nn.Module, manifest: Manifest, golden_inputs: Ma
     options: dict[str, Any] = {"backend": spec["backend"]}
     if spec["backend"] == "inductor" and spec["mode"] != "default":
         options["mode"] = spec["mode"]
+    deadline = time.monotonic() + timeout_s
     try:
         compiled = torch.compile(module, **options)
-        run_with_deadline(compiled, golden_inputs, timeout_s)
+        for inputs in compile_inputs(manifest, golden_inputs):
+            run_with_deadline(compiled, inputs, max(deadline - time.monotonic(), 0.001))
     except DeadlineExceeded as e:
         raise ModelExecutionError(
             f"compiling {manifest.model!r} {manifest.version} did not finish within {timeout_s:.0f} s "
@@ -105,6 +109,41 @@ def compile_model(module: torch.nn.Module, manifest: Manifest, golden_inputs: Ma
     if report["source"] == "compiled here" and report["cache_hits"] and not report["cache_misses"]:
         report["source"] = "host cache"
     return compiled, report
+
+
+def compile_inputs(manifest: Manifest, golden_inputs: Mapping[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+    """The inputs the compile step runs, so that no request shape compiles later, at request
+    time (seconds with inductor, while the model is already HOT):
+
+    1. the golden inputs with every dynamic dimension (a name in the manifest's shape) at
+       least 2 long (a 1 is repeated to 2, within ``dim_max``) and marked dynamic: one graph
+       for every size a request or a batch may bring;
+    2. when dimension 0 of every input is dynamic (the batch), the first row alone: torch
+       always compiles size 1 apart, and single requests are the common case.
+
+    A model without dynamic dimensions runs its golden inputs as they are.
+    """
+    specs = {spec.name: spec for spec in manifest.inputs}
+    wide: dict[str, torch.Tensor] = {}
+    dynamic_dims: dict[str, list[int]] = {}
+    for name, tensor in golden_inputs.items():
+        tensor = tensor.detach()  # a new tensor object: the golden one is not marked
+        spec = specs.get(name)
+        dims = [] if spec is None else [i for i, d in enumerate(spec.shape) if isinstance(d, str) and i < tensor.dim()]
+        for dim in dims:
+            limit = spec.dim_max.get(str(spec.shape[dim])) if spec is not None else None
+            if tensor.shape[dim] == 1 and (limit is None or limit >= 2):
+                tensor = torch.cat([tensor, tensor], dim=dim)
+        wide[name], dynamic_dims[name] = tensor, [d for d in dims if tensor.shape[d] >= 2]
+    if not any(dynamic_dims.values()):
+        return [dict(golden_inputs)]
+    for name, dims in dynamic_dims.items():
+        for dim in dims:
+            torch._dynamo.maybe_mark_dynamic(wide[name], dim)
+    runs = [wide]
+    if all(0 in dims for dims in dynamic_dims.values()):
+        runs.append({name: tensor.narrow(0, 0, 1) for name, tensor in golden_inputs.items()})
+    return runs
 
 
 def _load_from_store(store: SnapshotStore, manifest: Manifest, platform: str, key: bytes | None) -> dict[str, Any]:

@@ -63,3 +63,41 @@ def test_a_signed_artifact_torch_cannot_read_is_reported_and_the_model_compiles_
     assert report["store_artifact"].startswith("unloadable") and "source" not in report
     assert _load_from_store(kit.store, manifest, platform_key("cpu"), b"x" * 32)["store_artifact"].startswith("refused")
     assert _load_from_store(kit.store, manifest, platform_key("cpu"), None)["store_artifact"].startswith("ignored")
+
+
+def test_no_request_shape_compiles_after_the_model_is_hot(kit: PoolKit) -> None:
+    from torch._dynamo.utils import counters
+
+    module = kit.publish("m", compile_spec={"backend": "eager", "mode": "default"})
+    pool = kit.make_pool()
+    pool.ensure("m", Tier.HOT)
+    graphs = counters["stats"]["unique_graphs"]
+    for batch in (1, 3, 5, 16, 2):  # a single request, then batches of any size
+        x = torch.randn(batch, 8)
+        answer = pool.infer("m", {"x": encode_tensor(x)})
+        with torch.inference_mode():
+            assert torch.allclose(decode_outputs(answer["outputs"])["output"], module(x), atol=1e-6)
+    assert counters["stats"]["unique_graphs"] == graphs  # nothing compiled at request time
+
+
+def test_compile_inputs_cover_every_size_a_request_may_bring() -> None:
+    from warmstart.snapshot.manifest import InputSpec
+    from warmstart.workers.compiling import compile_inputs
+
+    class Spec:  # the two fields compile_inputs reads of a manifest
+        def __init__(self, *inputs: InputSpec) -> None:
+            self.inputs = inputs
+
+    golden = {"ids": torch.ones(1, 5, dtype=torch.long), "mask": torch.ones(1, 5, dtype=torch.long)}
+    dynamic = Spec(InputSpec("ids", "int64", ("batch", "seq")), InputSpec("mask", "int64", ("batch", "seq")))
+    wide, single = compile_inputs(dynamic, golden)  # type: ignore[arg-type]
+    assert wide["ids"].shape == (2, 5) and wide["mask"].shape == (2, 5)  # batch 1 repeated: 2
+    assert single["ids"].shape == (1, 5) and torch.equal(single["ids"], golden["ids"])
+    assert not hasattr(golden["ids"], "_dynamo_weak_dynamic_indices")  # the golden tensors are not marked
+    fixed = Spec(InputSpec("ids", "int64", (1, 5)), InputSpec("mask", "int64", (1, 5)))
+    assert [r["ids"].shape for r in compile_inputs(fixed, golden)] == [(1, 5)]  # type: ignore[arg-type]
+    # A dynamic dimension capped at 1 cannot be widened; the sequence dimension still is dynamic.
+    capped = Spec(InputSpec("ids", "int64", ("batch", "seq"), dim_max={"batch": 1}),
+                  InputSpec("mask", "int64", ("batch", "seq"), dim_max={"batch": 1}))
+    runs = compile_inputs(capped, golden)  # type: ignore[arg-type]
+    assert [r["ids"].shape for r in runs] == [(1, 5)]
