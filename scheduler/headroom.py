@@ -15,8 +15,8 @@ live scheduler has:
   The policy's state depends on arrivals alone, so its later decisions are exactly those of
   its own replay.
 - ``first_arrival_floor_pct``: the minutes with a model's first arrival over all minutes with
-  arrivals. Every causal policy is cold there (every model starts unknown), so no policy
-  goes below it on the replayed window.
+  arrivals. A policy that holds no model it has never seen (none of the simulator's does:
+  every model starts unknown) is cold there, so none goes below it on the replayed window.
 
 Both hindsight rows are bounds, not policies: they read the future. They say where the
 causal policy's remaining cold starts and waste come from (the rule or the learning), and so

@@ -21,7 +21,7 @@ BUFFERED = "tests.models:build_buffered"
 class Tiny(nn.Module):
     def __init__(self, features: int = 8, outputs: int = 4, delay_s: float = 0.0, crash_on: float | None = None,
                  nan_above: float | None = None, raise_above: float | None = None,
-                 delay_above: float | None = None) -> None:  # fmt: skip
+                 delay_above: float | None = None, branch_on_batch: bool = False) -> None:  # fmt: skip
         super().__init__()
         self.linear = nn.Linear(features, outputs)
         self.delay_s = delay_s
@@ -29,6 +29,7 @@ class Tiny(nn.Module):
         self.nan_above = nan_above
         self.raise_above = raise_above
         self.delay_above = delay_above  # delay_s only on inputs above this (None: on every input)
+        self.branch_on_batch = branch_on_batch  # code that depends on the batch size (compile tests)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.delay_s and (self.delay_above is None or bool((x.abs() > self.delay_above).any())):
@@ -39,6 +40,8 @@ class Tiny(nn.Module):
             return self.linear(x) * float("nan")  # a bad version: NaN on inputs its goldens lack
         if self.raise_above is not None and bool((x.abs() > self.raise_above).any()):
             raise ValueError(f"an input above {self.raise_above}")  # a bad version: raises on them
+        if self.branch_on_batch and x.shape[0] == 1:
+            return self.linear(x[0]).unsqueeze(0)  # the same answer, by another path
         return self.linear(x)
 
 
@@ -77,8 +80,8 @@ class Buffered(Tiny):
 
 def build_tiny(features: int = 8, outputs: int = 4, delay_s: float = 0.0, crash_on: float | None = None,
                nan_above: float | None = None, raise_above: float | None = None,
-               delay_above: float | None = None) -> nn.Module:  # fmt: skip
-    return Tiny(features, outputs, delay_s, crash_on, nan_above, raise_above, delay_above)
+               delay_above: float | None = None, branch_on_batch: bool = False) -> nn.Module:  # fmt: skip
+    return Tiny(features, outputs, delay_s, crash_on, nan_above, raise_above, delay_above, branch_on_batch)
 
 
 def build_flaky(flag_path: str, features: int = 8, outputs: int = 4) -> nn.Module:

@@ -1,8 +1,8 @@
 """The compile step of a model published with ``compile``: before its warm-up, the worker
 wraps the restored module in ``torch.compile`` and runs it on its golden inputs, which
-compiles it (allowed ``WARMSTART_COMPILE_TIMEOUT_S``): once with the dynamic dimensions
-marked dynamic, and once at batch size 1 (:func:`compile_inputs`), so that no request's
-shape compiles at request time. The warm-up and the golden health
+compiles it (allowed ``WARMSTART_COMPILE_TIMEOUT_S``): with the dynamic dimensions marked
+dynamic (the batch dimension unbacked), then at other batch sizes (:func:`compile_inputs`),
+so that no request's shape compiles at request time. The warm-up and the golden health
 check then run the compiled module, so a model is HOT only once its compiled code answers
 like the published one.
 
@@ -90,10 +90,24 @@ def compile_model(module: torch.nn.Module, manifest: Manifest, golden_inputs: Ma
     if spec["backend"] == "inductor" and spec["mode"] != "default":
         options["mode"] = spec["mode"]
     deadline = time.monotonic() + timeout_s
-    try:
+
+    def run_all(unbacked: bool) -> torch.nn.Module:
         compiled = torch.compile(module, **options)
-        for inputs in compile_inputs(manifest, golden_inputs):
+        for inputs in compile_inputs(manifest, golden_inputs, unbacked_batch=unbacked):
             run_with_deadline(compiled, inputs, max(deadline - time.monotonic(), 0.001))
+        return compiled
+
+    try:
+        try:
+            compiled = run_all(unbacked=True)
+            report["shapes"] = "batch dimension unbacked"
+        except DeadlineExceeded:
+            raise
+        except Exception as e:  # the model needs its batch size known: specialise it instead
+            log.info("%s %s does not compile with an unbacked batch dimension (%s: %s); compiling "
+                     "size 1 and the other sizes apart", manifest.model, manifest.version, type(e).__name__, str(e)[:200])
+            compiled = run_all(unbacked=False)
+            report["shapes"] = "batch size 1 and dynamic"
     except DeadlineExceeded as e:
         raise ModelExecutionError(
             f"compiling {manifest.model!r} {manifest.version} did not finish within {timeout_s:.0f} s "
@@ -111,18 +125,24 @@ def compile_model(module: torch.nn.Module, manifest: Manifest, golden_inputs: Ma
     return compiled, report
 
 
-def compile_inputs(manifest: Manifest, golden_inputs: Mapping[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+def compile_inputs(manifest: Manifest, golden_inputs: Mapping[str, torch.Tensor], *,
+                   unbacked_batch: bool = True) -> list[dict[str, torch.Tensor]]:
     """The inputs the compile step runs, so that no request shape compiles later, at request
     time (seconds with inductor, while the model is already HOT):
 
     1. the golden inputs with every dynamic dimension (a name in the manifest's shape) at
-       least 2 long (a 1 is repeated to 2, within ``dim_max``) and marked dynamic: one graph
-       for every size a request or a batch may bring;
-    2. when dimension 0 of every input is dynamic (the batch), the first row alone: torch
-       always compiles size 1 apart, and single requests are the common case.
+       least 2 long (a 1 is repeated to 2, within ``dim_max``) and marked dynamic. When
+       dimension 0 of every input is dynamic (the batch) and ``unbacked_batch``, it is marked
+       *unbacked*: torch then makes no assumption about its size, not even about 0 and 1,
+       which it otherwise compiles apart, so one graph serves every batch size;
+    2. then, when dimension 0 is the batch, probes at batch size 1 and at one row more than
+       the first run: whatever torch still compiles for another size (a model whose code
+       branches on its batch size; size 1 when the batch is not unbacked) is compiled here.
 
     A model without dynamic dimensions runs its golden inputs as they are.
     """
+    from torch._dynamo.decorators import mark_unbacked
+
     specs = {spec.name: spec for spec in manifest.inputs}
     wide: dict[str, torch.Tensor] = {}
     dynamic_dims: dict[str, list[int]] = {}
@@ -137,13 +157,18 @@ def compile_inputs(manifest: Manifest, golden_inputs: Mapping[str, torch.Tensor]
         wide[name], dynamic_dims[name] = tensor, [d for d in dims if tensor.shape[d] >= 2]
     if not any(dynamic_dims.values()):
         return [dict(golden_inputs)]
+    batched = all(0 in dims for dims in dynamic_dims.values())
     for name, dims in dynamic_dims.items():
         for dim in dims:
-            torch._dynamo.maybe_mark_dynamic(wide[name], dim)
-    runs = [wide]
-    if all(0 in dims for dims in dynamic_dims.values()):
-        runs.append({name: tensor.narrow(0, 0, 1) for name, tensor in golden_inputs.items()})
-    return runs
+            if dim == 0 and batched and unbacked_batch:
+                mark_unbacked(wide[name], 0)
+            else:
+                torch._dynamo.maybe_mark_dynamic(wide[name], dim)
+    if not batched:
+        return [wide]
+    single = {name: tensor.narrow(0, 0, 1) for name, tensor in golden_inputs.items()}
+    longer = {name: torch.cat([tensor, tensor.narrow(0, 0, 1)]) for name, tensor in wide.items()}
+    return [wide, single, longer]
 
 
 def _load_from_store(store: SnapshotStore, manifest: Manifest, platform: str, key: bytes | None) -> dict[str, Any]:

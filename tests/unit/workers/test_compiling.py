@@ -65,10 +65,13 @@ def test_a_signed_artifact_torch_cannot_read_is_reported_and_the_model_compiles_
     assert _load_from_store(kit.store, manifest, platform_key("cpu"), None)["store_artifact"].startswith("ignored")
 
 
-def test_no_request_shape_compiles_after_the_model_is_hot(kit: PoolKit) -> None:
+@pytest.mark.parametrize("branch_on_batch", [False, True])
+def test_no_request_shape_compiles_after_the_model_is_hot(kit: PoolKit, branch_on_batch: bool) -> None:
     from torch._dynamo.utils import counters
 
-    module = kit.publish("m", compile_spec={"backend": "eager", "mode": "default"})
+    # branch_on_batch: the model's code depends on its batch size, so one graph cannot serve
+    # every size: the step's probes compile what it needs before the model is HOT.
+    module = kit.publish("m", compile_spec={"backend": "eager", "mode": "default"}, branch_on_batch=branch_on_batch)
     pool = kit.make_pool()
     pool.ensure("m", Tier.HOT)
     graphs = counters["stats"]["unique_graphs"]
@@ -90,10 +93,13 @@ def test_compile_inputs_cover_every_size_a_request_may_bring() -> None:
 
     golden = {"ids": torch.ones(1, 5, dtype=torch.long), "mask": torch.ones(1, 5, dtype=torch.long)}
     dynamic = Spec(InputSpec("ids", "int64", ("batch", "seq")), InputSpec("mask", "int64", ("batch", "seq")))
-    wide, single = compile_inputs(dynamic, golden)  # type: ignore[arg-type]
+    wide, single, longer = compile_inputs(dynamic, golden)  # type: ignore[arg-type]
     assert wide["ids"].shape == (2, 5) and wide["mask"].shape == (2, 5)  # batch 1 repeated: 2
     assert single["ids"].shape == (1, 5) and torch.equal(single["ids"], golden["ids"])
+    assert longer["ids"].shape == (3, 5)  # a probe at another batch size
     assert not hasattr(golden["ids"], "_dynamo_weak_dynamic_indices")  # the golden tensors are not marked
+    assert not hasattr(golden["ids"], "_dynamo_unbacked_indices")
+    assert [r["ids"].shape for r in compile_inputs(dynamic, golden, unbacked_batch=False)] == [(2, 5), (1, 5), (3, 5)]  # type: ignore[arg-type]
     fixed = Spec(InputSpec("ids", "int64", (1, 5)), InputSpec("mask", "int64", (1, 5)))
     assert [r["ids"].shape for r in compile_inputs(fixed, golden)] == [(1, 5)]  # type: ignore[arg-type]
     # A dynamic dimension capped at 1 cannot be widened; the sequence dimension still is dynamic.
