@@ -93,21 +93,22 @@ def compile_model(module: torch.nn.Module, manifest: Manifest, golden_inputs: Ma
 
     def run_all(unbacked: bool) -> torch.nn.Module:
         compiled = torch.compile(module, **options)
-        for inputs in compile_inputs(manifest, golden_inputs, unbacked_batch=unbacked):
+        runs, report["shapes"] = compile_inputs(manifest, golden_inputs, unbacked_batch=unbacked)
+        for inputs in runs:
             run_with_deadline(compiled, inputs, max(deadline - time.monotonic(), 0.001))
         return compiled
 
     try:
         try:
             compiled = run_all(unbacked=True)
-            report["shapes"] = "batch dimension unbacked"
         except DeadlineExceeded:
             raise
         except Exception as e:  # the model needs its batch size known: specialise it instead
+            if report.get("shapes") != UNBACKED:
+                raise
             log.info("%s %s does not compile with an unbacked batch dimension (%s: %s); compiling "
                      "size 1 and the other sizes apart", manifest.model, manifest.version, type(e).__name__, str(e)[:200])
             compiled = run_all(unbacked=False)
-            report["shapes"] = "batch size 1 and dynamic"
     except DeadlineExceeded as e:
         raise ModelExecutionError(
             f"compiling {manifest.model!r} {manifest.version} did not finish within {timeout_s:.0f} s "
@@ -125,10 +126,17 @@ def compile_model(module: torch.nn.Module, manifest: Manifest, golden_inputs: Ma
     return compiled, report
 
 
+#: How the compile step shaped its inputs (``compile.shapes`` in the slot's state).
+UNBACKED = "one graph: dynamic dimensions, the batch unbacked"
+DYNAMIC = "dynamic dimensions, batch size 1 apart"
+STATIC = "the golden shape only (no dynamic dimension)"
+
+
 def compile_inputs(manifest: Manifest, golden_inputs: Mapping[str, torch.Tensor], *,
-                   unbacked_batch: bool = True) -> list[dict[str, torch.Tensor]]:
+                   unbacked_batch: bool = True) -> tuple[list[dict[str, torch.Tensor]], str]:
     """The inputs the compile step runs, so that no request shape compiles later, at request
-    time (seconds with inductor, while the model is already HOT):
+    time (seconds with inductor, while the model is already HOT), and which way they were
+    shaped (``UNBACKED``, ``DYNAMIC`` or ``STATIC``):
 
     1. the golden inputs with every dynamic dimension (a name in the manifest's shape) at
        least 2 long (a 1 is repeated to 2, within ``dim_max``) and marked dynamic. When
@@ -136,8 +144,9 @@ def compile_inputs(manifest: Manifest, golden_inputs: Mapping[str, torch.Tensor]
        *unbacked*: torch then makes no assumption about its size, not even about 0 and 1,
        which it otherwise compiles apart, so one graph serves every batch size;
     2. then, when dimension 0 is the batch, probes at batch size 1 and at one row more than
-       the first run: whatever torch still compiles for another size (a model whose code
-       branches on its batch size; size 1 when the batch is not unbacked) is compiled here.
+       the first run (within ``dim_max``): whatever torch still compiles for another size (a
+       model whose code branches on its batch size; size 1 when the batch is not unbacked)
+       is compiled here.
 
     A model without dynamic dimensions runs its golden inputs as they are.
     """
@@ -146,29 +155,35 @@ def compile_inputs(manifest: Manifest, golden_inputs: Mapping[str, torch.Tensor]
     specs = {spec.name: spec for spec in manifest.inputs}
     wide: dict[str, torch.Tensor] = {}
     dynamic_dims: dict[str, list[int]] = {}
+    batch_max: int | None = None
     for name, tensor in golden_inputs.items():
         tensor = tensor.detach()  # a new tensor object: the golden one is not marked
         spec = specs.get(name)
         dims = [] if spec is None else [i for i, d in enumerate(spec.shape) if isinstance(d, str) and i < tensor.dim()]
         for dim in dims:
             limit = spec.dim_max.get(str(spec.shape[dim])) if spec is not None else None
+            if dim == 0 and limit is not None:
+                batch_max = limit if batch_max is None else min(batch_max, limit)
             if tensor.shape[dim] == 1 and (limit is None or limit >= 2):
                 tensor = torch.cat([tensor, tensor], dim=dim)
         wide[name], dynamic_dims[name] = tensor, [d for d in dims if tensor.shape[d] >= 2]
     if not any(dynamic_dims.values()):
-        return [dict(golden_inputs)]
+        return [dict(golden_inputs)], STATIC
     batched = all(0 in dims for dims in dynamic_dims.values())
+    unbacked = batched and unbacked_batch
     for name, dims in dynamic_dims.items():
         for dim in dims:
-            if dim == 0 and batched and unbacked_batch:
+            if dim == 0 and unbacked:
                 mark_unbacked(wide[name], 0)
             else:
                 torch._dynamo.maybe_mark_dynamic(wide[name], dim)
-    if not batched:
-        return [wide]
-    single = {name: tensor.narrow(0, 0, 1) for name, tensor in golden_inputs.items()}
-    longer = {name: torch.cat([tensor, tensor.narrow(0, 0, 1)]) for name, tensor in wide.items()}
-    return [wide, single, longer]
+    runs = [wide]
+    if batched:
+        runs.append({name: tensor.narrow(0, 0, 1) for name, tensor in golden_inputs.items()})
+        rows = next(iter(wide.values())).shape[0]
+        if batch_max is None or rows + 1 <= batch_max:
+            runs.append({name: torch.cat([tensor, tensor.narrow(0, 0, 1)]) for name, tensor in wide.items()})
+    return runs, UNBACKED if unbacked else DYNAMIC
 
 
 def _load_from_store(store: SnapshotStore, manifest: Manifest, platform: str, key: bytes | None) -> dict[str, Any]:

@@ -69,11 +69,14 @@ def test_a_signed_artifact_torch_cannot_read_is_reported_and_the_model_compiles_
 def test_no_request_shape_compiles_after_the_model_is_hot(kit: PoolKit, branch_on_batch: bool) -> None:
     from torch._dynamo.utils import counters
 
+    from warmstart.workers.compiling import UNBACKED
+
     # branch_on_batch: the model's code depends on its batch size, so one graph cannot serve
     # every size: the step's probes compile what it needs before the model is HOT.
     module = kit.publish("m", compile_spec={"backend": "eager", "mode": "default"}, branch_on_batch=branch_on_batch)
     pool = kit.make_pool()
-    pool.ensure("m", Tier.HOT)
+    slot = pool.ensure("m", Tier.HOT)
+    assert slot.state()["compile"]["shapes"] == UNBACKED
     graphs = counters["stats"]["unique_graphs"]
     for batch in (1, 3, 5, 16, 2):  # a single request, then batches of any size
         x = torch.randn(batch, 8)
@@ -85,7 +88,7 @@ def test_no_request_shape_compiles_after_the_model_is_hot(kit: PoolKit, branch_o
 
 def test_compile_inputs_cover_every_size_a_request_may_bring() -> None:
     from warmstart.snapshot.manifest import InputSpec
-    from warmstart.workers.compiling import compile_inputs
+    from warmstart.workers.compiling import DYNAMIC, STATIC, UNBACKED, compile_inputs
 
     class Spec:  # the two fields compile_inputs reads of a manifest
         def __init__(self, *inputs: InputSpec) -> None:
@@ -93,17 +96,25 @@ def test_compile_inputs_cover_every_size_a_request_may_bring() -> None:
 
     golden = {"ids": torch.ones(1, 5, dtype=torch.long), "mask": torch.ones(1, 5, dtype=torch.long)}
     dynamic = Spec(InputSpec("ids", "int64", ("batch", "seq")), InputSpec("mask", "int64", ("batch", "seq")))
-    wide, single, longer = compile_inputs(dynamic, golden)  # type: ignore[arg-type]
+    (wide, single, longer), shapes = compile_inputs(dynamic, golden)  # type: ignore[arg-type]
+    assert shapes == UNBACKED
     assert wide["ids"].shape == (2, 5) and wide["mask"].shape == (2, 5)  # batch 1 repeated: 2
     assert single["ids"].shape == (1, 5) and torch.equal(single["ids"], golden["ids"])
     assert longer["ids"].shape == (3, 5)  # a probe at another batch size
     assert not hasattr(golden["ids"], "_dynamo_weak_dynamic_indices")  # the golden tensors are not marked
     assert not hasattr(golden["ids"], "_dynamo_unbacked_indices")
-    assert [r["ids"].shape for r in compile_inputs(dynamic, golden, unbacked_batch=False)] == [(2, 5), (1, 5), (3, 5)]  # type: ignore[arg-type]
+    runs, shapes = compile_inputs(dynamic, golden, unbacked_batch=False)  # type: ignore[arg-type]
+    assert [r["ids"].shape for r in runs] == [(2, 5), (1, 5), (3, 5)] and shapes == DYNAMIC
     fixed = Spec(InputSpec("ids", "int64", (1, 5)), InputSpec("mask", "int64", (1, 5)))
-    assert [r["ids"].shape for r in compile_inputs(fixed, golden)] == [(1, 5)]  # type: ignore[arg-type]
+    runs, shapes = compile_inputs(fixed, golden)  # type: ignore[arg-type]
+    assert [r["ids"].shape for r in runs] == [(1, 5)] and shapes == STATIC
+    # The probe one row longer stays within the batch's dim_max.
+    two = Spec(InputSpec("ids", "int64", ("batch", "seq"), dim_max={"batch": 2}),
+               InputSpec("mask", "int64", ("batch", "seq"), dim_max={"batch": 2}))
+    runs, _ = compile_inputs(two, golden)  # type: ignore[arg-type]
+    assert [r["ids"].shape for r in runs] == [(2, 5), (1, 5)]
     # A dynamic dimension capped at 1 cannot be widened; the sequence dimension still is dynamic.
     capped = Spec(InputSpec("ids", "int64", ("batch", "seq"), dim_max={"batch": 1}),
                   InputSpec("mask", "int64", ("batch", "seq"), dim_max={"batch": 1}))
-    runs = compile_inputs(capped, golden)  # type: ignore[arg-type]
-    assert [r["ids"].shape for r in runs] == [(1, 5)]
+    runs, shapes = compile_inputs(capped, golden)  # type: ignore[arg-type]
+    assert [r["ids"].shape for r in runs] == [(1, 5)] and shapes == DYNAMIC
