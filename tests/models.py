@@ -21,7 +21,8 @@ BUFFERED = "tests.models:build_buffered"
 class Tiny(nn.Module):
     def __init__(self, features: int = 8, outputs: int = 4, delay_s: float = 0.0, crash_on: float | None = None,
                  nan_above: float | None = None, raise_above: float | None = None,
-                 delay_above: float | None = None, branch_on_batch: bool = False) -> None:  # fmt: skip
+                 delay_above: float | None = None, branch_on_batch: bool = False,
+                 rows_in_python: bool = False) -> None:  # fmt: skip
         super().__init__()
         self.linear = nn.Linear(features, outputs)
         self.delay_s = delay_s
@@ -30,6 +31,7 @@ class Tiny(nn.Module):
         self.raise_above = raise_above
         self.delay_above = delay_above  # delay_s only on inputs above this (None: on every input)
         self.branch_on_batch = branch_on_batch  # code that depends on the batch size (compile tests)
+        self.rows_in_python = rows_in_python  # counts its rows in Python: no unbacked batch (compile tests)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.delay_s and (self.delay_above is None or bool((x.abs() > self.delay_above).any())):
@@ -40,6 +42,9 @@ class Tiny(nn.Module):
             return self.linear(x) * float("nan")  # a bad version: NaN on inputs its goldens lack
         if self.raise_above is not None and bool((x.abs() > self.raise_above).any()):
             raise ValueError(f"an input above {self.raise_above}")  # a bad version: raises on them
+        if self.rows_in_python:
+            rows = len(torch.arange(x.shape[0]).tolist())  # torch must know the size
+            return self.linear(x) * (rows / x.shape[0])
         if self.branch_on_batch and x.shape[0] == 1:
             return self.linear(x[0]).unsqueeze(0)  # the same answer, by another path
         return self.linear(x)
@@ -80,8 +85,10 @@ class Buffered(Tiny):
 
 def build_tiny(features: int = 8, outputs: int = 4, delay_s: float = 0.0, crash_on: float | None = None,
                nan_above: float | None = None, raise_above: float | None = None,
-               delay_above: float | None = None, branch_on_batch: bool = False) -> nn.Module:  # fmt: skip
-    return Tiny(features, outputs, delay_s, crash_on, nan_above, raise_above, delay_above, branch_on_batch)
+               delay_above: float | None = None, branch_on_batch: bool = False,
+               rows_in_python: bool = False) -> nn.Module:  # fmt: skip
+    return Tiny(features, outputs, delay_s, crash_on, nan_above, raise_above, delay_above, branch_on_batch,
+                rows_in_python)
 
 
 def build_flaky(flag_path: str, features: int = 8, outputs: int = 4) -> nn.Module:

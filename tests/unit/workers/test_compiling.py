@@ -86,6 +86,22 @@ def test_no_request_shape_compiles_after_the_model_is_hot(kit: PoolKit, branch_o
     assert counters["stats"]["unique_graphs"] == graphs  # nothing compiled at request time
 
 
+def test_a_model_that_cannot_take_an_unbacked_batch_is_compiled_with_a_dynamic_one(kit: PoolKit) -> None:
+    from warmstart.workers.compiling import DYNAMIC
+
+    # It counts its rows in Python: torch must know the batch size (and, as for any model
+    # whose code needs the exact size, compiles each new size when it first comes).
+    module = kit.publish("m", compile_spec={"backend": "eager", "mode": "default"}, rows_in_python=True)
+    pool = kit.make_pool()
+    slot = pool.ensure("m", Tier.HOT)
+    assert slot.tier == Tier.HOT and slot.state()["compile"]["shapes"] == DYNAMIC
+    for batch in (1, 3):
+        x = torch.randn(batch, 8)
+        answer = pool.infer("m", {"x": encode_tensor(x)})
+        with torch.inference_mode():
+            assert torch.allclose(decode_outputs(answer["outputs"])["output"], module(x), atol=1e-6)
+
+
 def test_compile_inputs_cover_every_size_a_request_may_bring() -> None:
     from warmstart.snapshot.manifest import InputSpec
     from warmstart.workers.compiling import DYNAMIC, STATIC, UNBACKED, compile_inputs
