@@ -50,8 +50,8 @@ def print_headroom(result: dict[str, Any], console: Console | None = None) -> No
     of all its idle times."""
     console = console or Console()
     for entry in result.get("policies", []):
-        table = Table(title=(f"headroom of {entry['policy']}: the same rule with hindsight "
-                             f"(first-arrival floor {result['first_arrival_floor_pct']:.2f} %)"))
+        table = Table(title=(f"headroom of {entry['policy']}: the same rule with hindsight, the whole trace "
+                             f"from nothing (first-arrival floor {result['first_arrival_floor_pct']:.2f} %)"))
         for col in ("knowledge", "cold %", "Q3 cold %", "HOT waste % (fixed-10=100)", "cold starts"):
             table.add_column(col, justify="left" if col == "knowledge" else "right", no_wrap=True)
         for name, m in entry["rows"].items():

@@ -161,7 +161,7 @@ def compile_inputs(manifest: Manifest, golden_inputs: Mapping[str, torch.Tensor]
         spec = specs.get(name)
         dims = [] if spec is None else [i for i, d in enumerate(spec.shape) if isinstance(d, str) and i < tensor.dim()]
         for dim in dims:
-            limit = spec.dim_max.get(str(spec.shape[dim])) if spec is not None else None
+            limit = spec.dim_max.get(str(spec.shape[dim]))  # type: ignore[union-attr]  # dims exist only with a spec
             if dim == 0 and limit is not None:
                 batch_max = limit if batch_max is None else min(batch_max, limit)
             if tensor.shape[dim] == 1 and (limit is None or limit >= 2):

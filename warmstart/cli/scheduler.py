@@ -45,7 +45,7 @@ def beat(ctx: click.Context, ticks: int | None, loglevel: str) -> None:
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), help="Draw the cold-start vs waste plane (PNG).")
 @click.option("--learn-minutes", type=click.IntRange(min=0), default=0, show_default=True,
               help="Replay this many first minutes without measuring them: policies enter the measured window with what they learned, as a beat that ran before does.")
-@click.option("--headroom", is_flag=True, help="Also replay each warmstart policy's rule with hindsight knowledge of every model (what learning costs it).")
+@click.option("--headroom", is_flag=True, help="Also replay each warmstart policy's rule with hindsight knowledge of every model (what learning costs it), over the whole trace (not --learn-minutes).")
 @click.pass_context
 def simulate(ctx: click.Context, trace_dir: Path, policies: tuple[str, ...], budget_bytes: int | None, sweep: bool,
              json_path: Path | None, plot_path: Path | None, learn_minutes: int, headroom: bool) -> None:
