@@ -16,7 +16,7 @@ the lease advances it a step per tick, so it survives the command exiting and a 
    without room sits it out) and answers that share of the model's live requests with it,
    from any client, for ``bake_s``; the workers count what each version did, and the beat
    reads it every tick (:func:`judge_canary`): more errors, any non-finite answer or a slower
-   p99 rolls back;
+   tail (p90 until 100 answers, p99 from then on) rolls back;
 4. **promote** — the ``live`` alias moves to V the way ``warmstart alias`` moves it: every
    serving worker stages V, then all switch, with no cold start; one without room reloads
    after the others switched (:mod:`warmstart.scheduler.alias`);
@@ -117,7 +117,8 @@ class ShadowLimits:
     compatible: bool = False  # outputs must agree with the serving version's
     atol: float = 1e-4  # ... within this
     max_error_rate_increase: float = 0.01  # canary: its error rate at most the serving one's + this
-    min_canary_requests: int = 10  # canary: latency is judged from this many answers on
+    min_canary_requests: int = 10  # canary: latency is judged from this many answers on (at p90) ...
+    min_tail_requests: int = 100  # ... and at p99 from this many: the p99 of fewer is their slowest one
 
 
 def judge_shadow(report: dict[str, Any], limits: ShadowLimits) -> list[str]:
@@ -142,15 +143,18 @@ def judge_shadow(report: dict[str, Any], limits: ShadowLimits) -> list[str]:
     return reasons
 
 
+_LATENCIES = ("p50_ms", "p90_ms", "p99_ms")
+
+
 def merge_canary(reports: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Each version's counts over every canary worker (latency: the worst worker's). Pure."""
     merged: dict[str, dict[str, Any]] = {}
     for report in reports:
         for version, c in report.get("versions", {}).items():
-            m = merged.setdefault(version, {"requests": 0, "errors": 0, "non_finite": 0, "p50_ms": None, "p99_ms": None})
+            m = merged.setdefault(version, {"requests": 0, "errors": 0, "non_finite": 0, **dict.fromkeys(_LATENCIES)})
             for k in ("requests", "errors", "non_finite"):
                 m[k] += int(c.get(k) or 0)
-            for k in ("p50_ms", "p99_ms"):
+            for k in _LATENCIES:
                 if c.get(k) is not None:
                     m[k] = c[k] if m[k] is None else max(m[k], c[k])
     return merged
@@ -158,8 +162,8 @@ def merge_canary(reports: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 def judge_canary(merged: dict[str, dict[str, Any]], new: str, old: str | None, limits: ShadowLimits) -> list[str]:
     """The reasons to roll back, from live answers during the canary (empty: go on). Pure."""
-    n = merged.get(new, {"requests": 0, "errors": 0, "non_finite": 0, "p50_ms": None, "p99_ms": None})
-    o = merged.get(old or "", {"requests": 0, "errors": 0, "non_finite": 0, "p50_ms": None, "p99_ms": None})
+    nothing = {"requests": 0, "errors": 0, "non_finite": 0, **dict.fromkeys(_LATENCIES)}
+    n, o = merged.get(new, nothing), merged.get(old or "", nothing)
     reasons = []
     if n["non_finite"]:
         reasons.append(f"version {new} answered non-finite values on {n['non_finite']} of {n['requests']} live requests")
@@ -168,10 +172,15 @@ def judge_canary(merged: dict[str, dict[str, Any]], new: str, old: str | None, l
     if n["errors"] and new_rate > old_rate + limits.max_error_rate_increase:
         reasons.append(f"version {new} failed {n['errors']} of {n['requests']} live requests "
                        f"({new_rate:.1%}, the serving version {old_rate:.1%})")  # fmt: skip
-    a, b = n["p99_ms"], o["p99_ms"]
+    # The tail that the answers so far can show: the p99 of fewer than 100 answers is their
+    # slowest one, so one scheduler hiccup on a loaded machine would roll a good version back.
+    # Below that the p90 stands in: a version slower on one input in ten still shows there.
+    stat = "p99_ms" if n["requests"] >= limits.min_tail_requests else "p90_ms"
+    a, b = n.get(stat), o.get(stat)
     if (n["requests"] >= limits.min_canary_requests and a is not None and b is not None
             and a > limits.latency_bound * b and a - b > limits.min_slowdown_ms):  # fmt: skip
-        reasons.append(f"version {new} is slower live: p99 {a:.1f} ms against {b:.1f} ms (bound {limits.latency_bound}×)")
+        reasons.append(f"version {new} is slower live: {stat[:3]} {a:.1f} ms against {b:.1f} ms over "
+                       f"{n['requests']} answers (bound {limits.latency_bound}×)")  # fmt: skip
     return reasons
 
 

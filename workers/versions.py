@@ -305,7 +305,8 @@ class VersionStager:
             versions = {v: {**c, "latencies": list(c["latencies"])} for v, c in self.counters.get(model, {}).items()}
         return {"worker": self.pool.worker, "model": model, "share": share, "versions": {
             v: {"requests": c["requests"], "errors": c["errors"], "non_finite": c["non_finite"],
-                "p50_ms": _percentile(c["latencies"], 50), "p99_ms": _percentile(c["latencies"], 99)}
+                "p50_ms": _percentile(c["latencies"], 50), "p90_ms": _percentile(c["latencies"], 90),
+                "p99_ms": _percentile(c["latencies"], 99)}
             for v, c in versions.items()}}  # fmt: skip
 
     def _stop_canary(self, model: str) -> None:

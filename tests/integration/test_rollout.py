@@ -293,7 +293,9 @@ def test_a_canary_without_room_beside_the_serving_copy_runs_on_a_worker_with_roo
             t.start()
         wait_for(lambda: len(answers) >= 40, timeout_s=60, what="recorded requests")
         store = open_store(settings)
-        start_rollout(store, rollouts, "rt", "v2", ShadowLimits(), canary_share=0.3, bake_s=3.0)
+        # This test is about where the canary runs, not about latency: w-t2 loads v1 and v2 beside
+        # the traffic on a shared machine, so a latency verdict here would judge the machine.
+        start_rollout(store, rollouts, "rt", "v2", ShadowLimits(min_slowdown_ms=1000.0), canary_share=0.3, bake_s=3.0)
         done = wait_for(lambda: (r := rollouts.get("rt")) and r["phase"] in ("done", "rolled_back") and r,
                         timeout_s=120, what="the rollout ends")  # fmt: skip
         assert done["phase"] == "done", (done["reason"], done["history"])

@@ -58,8 +58,9 @@ def test_the_shadow_judgement_names_each_reason_to_roll_back() -> None:
 def test_the_canary_judgement_merges_workers_and_names_each_reason() -> None:
     from warmstart.scheduler.rollout import judge_canary, merge_canary
 
-    def side(requests: int, errors: int = 0, non_finite: int = 0, p99: float = 2.0) -> dict[str, Any]:
-        return {"requests": requests, "errors": errors, "non_finite": non_finite, "p50_ms": 1.0, "p99_ms": p99}
+    def side(requests: int, errors: int = 0, non_finite: int = 0, p99: float = 2.0, p90: float = 1.5) -> dict[str, Any]:
+        return {"requests": requests, "errors": errors, "non_finite": non_finite, "p50_ms": 1.0, "p90_ms": p90,
+                "p99_ms": p99}  # fmt: skip
 
     merged = merge_canary([{"versions": {"v1": side(90), "v2": side(10, p99=2.5)}},
                            {"versions": {"v1": side(80, p99=3.0), "v2": side(12)}}])
@@ -70,9 +71,16 @@ def test_the_canary_judgement_merges_workers_and_names_each_reason() -> None:
     assert "failed 3 of 20" in judge_canary({"v2": side(20, errors=3), "v1": side(100, errors=1)}, "v2", "v1", limits)[0]
     # As many failures as the serving version has (rate-wise): not the new version's fault.
     assert judge_canary({"v2": side(100, errors=5), "v1": side(100, errors=5)}, "v2", "v1", limits) == []
-    assert "slower live" in judge_canary({"v2": side(20, p99=9.0), "v1": side(100, p99=2.0)}, "v2", "v1", limits)[0]
+    assert "slower live: p99 9.0 ms" in judge_canary({"v2": side(100, p99=9.0), "v1": side(100)}, "v2", "v1", limits)[0]
+    # Under 100 answers the p99 is the slowest one: one slow answer (a hiccup of the machine's)
+    # is not a slower version; a tail that reaches the p90 is.
+    assert judge_canary({"v2": side(20, p99=9.0), "v1": side(100)}, "v2", "v1", limits) == []
+    assert "slower live: p90 9.0 ms" in judge_canary({"v2": side(20, p90=9.0), "v1": side(100)}, "v2", "v1", limits)[0]
+    # A report without a p90 (a worker of the previous release) is not judged on it.
+    old_worker = {k: v for k, v in side(20, p90=9.0).items() if k != "p90_ms"}
+    assert judge_canary({"v2": old_worker, "v1": side(100)}, "v2", "v1", limits) == []
     # Too few answers to judge latency.
-    assert judge_canary({"v2": side(3, p99=9.0), "v1": side(100, p99=2.0)}, "v2", "v1", limits) == []
+    assert judge_canary({"v2": side(3, p90=9.0, p99=9.0), "v1": side(100)}, "v2", "v1", limits) == []
 
 
 def test_the_canary_share_target_is_judged_against_the_asked_share() -> None:
