@@ -135,7 +135,8 @@ class BeatScheduler:
         self.catalog_reader = Catalog(self.store, settings.catalog_ttl_s)
         self.id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.lease = Lease(self.client, key("beat", "leader"), self.id)
-        self._in_flight: dict[tuple[str, str], tuple[str, float]] = {}
+        # (worker, model) -> (target tier, sent at, the tier a demotion was decided on)
+        self._in_flight: dict[tuple[str, str], tuple[str, float, str | None]] = {}
         self._placed_at: dict[tuple[str, str], tuple[str, int, float]] = {}  # tier, since (minute, s)
         self._warmed_at: dict[str, float] = {}  # model -> latest request warm-up seen (holds.py)
         self._last_keep_warm = -1e9
@@ -345,13 +346,20 @@ class BeatScheduler:
                 target = action.tier.name if action.kind != "drop" else "REMOTE"
                 if current.get(worker, {}).get(action.model, "REMOTE") == target:
                     continue
-                pending = self._in_flight.get((worker, action.model))
-                if pending and pending[0] == target and now_s - pending[1] < timeout_s:
-                    continue  # already sent; the worker is on it
                 task = TASK_PREWARM if action.kind == "prewarm" else TASK_DEMOTE
-                self.app.send_task(task, kwargs={"model": action.model, "tier": target}, queue=control_queue(worker))
-                self._in_flight[(worker, action.model)] = (target, now_s)
-                report.sent.append({"task": task, "worker": worker, "model": action.model, "tier": target})
+                # A demotion names the tier this plan saw: a model that a request warms
+                # meanwhile (its lazy warm-up was under way) is left as it is by the worker
+                # (ModelPool.demote), so a demotion seen from another tier is a new one.
+                seen = current.get(worker, {}).get(action.model, "REMOTE") if task == TASK_DEMOTE else None
+                pending = self._in_flight.get((worker, action.model))
+                if pending and pending[0] == target and pending[2] == seen and now_s - pending[1] < timeout_s:
+                    continue  # already sent; the worker is on it
+                kwargs = {"model": action.model, "tier": target}
+                if seen is not None:
+                    kwargs["seen"] = seen
+                self.app.send_task(task, kwargs=kwargs, queue=control_queue(worker))
+                self._in_flight[(worker, action.model)] = (target, now_s, seen)
+                report.sent.append({"task": task, "worker": worker, **kwargs})
 
     def _forget(self, dead: set[str], now_s: float) -> None:
         """Drop bookkeeping of dead workers and of sends that are long done."""

@@ -79,7 +79,7 @@ from warmstart.infra.errors import (
     WarmstartError,
 )
 from warmstart.infra.settings import Settings
-from warmstart.infra.tiers import Tier
+from warmstart.infra.tiers import Tier, policy_tier
 from warmstart.snapshot.cache import SnapshotCache
 from warmstart.snapshot.catalog import read_manifest, resolve_version
 from warmstart.snapshot.golden import load_golden
@@ -531,11 +531,22 @@ class ModelPool:
 
     # --- demotion -------------------------------------------------------------------------
 
-    def demote(self, model: str, target: Tier | str) -> Slot:
+    def demote(self, model: str, target: Tier | str, seen: Tier | str | None = None) -> Slot:
         """Lower ``model`` to ``target`` (HOT → DEVICE stops consuming its queue first, and
-        in-flight requests finish before a module is dropped)."""
+        in-flight requests finish before a module is dropped).
+
+        ``seen``: the tier the sender saw the model at when it decided (the beat's view,
+        named as a policy tier). A model that has become warmer since (a request made it
+        HOT while the decision waited in the queue) is left as it is: the decision was
+        about a model that no longer exists, and the next plan sees the new one.
+        """
         target = Tier.parse(target)
+        seen_tier = None if seen is None else Tier.parse(seen)
         with self._locked(model) as slot:
+            if seen_tier is not None and policy_tier(slot.tier) > seen_tier:
+                log.info("not demoting %s to %s: it is %s now, warmer than the %s it was decided on",
+                         model, target.name, slot.tier.name, seen_tier.name)  # fmt: skip
+                return slot
             self._demote_locked(slot, target)
             return slot
 

@@ -62,7 +62,7 @@ def _signature(*required: str, **optional: Any) -> inspect.Signature:
 
 INFER_ARGS = _signature("model", "inputs")
 PREWARM_ARGS = _signature("model", tier="HOT", version=None, lazy=False)
-DEMOTE_ARGS = _signature("model", tier="HOST")
+DEMOTE_ARGS = _signature("model", tier="HOST", seen=None)
 KEEP_WARM_ARGS = _signature("model")
 HEALTH_CHECK_ARGS = _signature(model=None)
 STATUS_ARGS = _signature()
@@ -177,14 +177,16 @@ def prewarm(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
 
 @app.task(name=TASK_DEMOTE, acks_late=True)
 def demote(*args: Any, **kwargs: Any) -> dict[str, Any]:
-    """``(model, tier="HOST")``: lower ``model`` to ``tier`` here (HOT → DEVICE stops consuming
-    its queue first)."""
+    """``(model, tier="HOST", seen=None)``: lower ``model`` to ``tier`` here (HOT → DEVICE stops
+    consuming its queue first). ``seen``: the tier the sender decided on; a model warmer than
+    that by now is left as it is (see :meth:`ModelPool.demote`)."""
 
     def work() -> dict[str, Any]:
         arguments = bind_arguments(TASK_DEMOTE, DEMOTE_ARGS, args, kwargs)
         model, tier = validate_name(arguments["model"]), _tier(arguments["tier"])
+        seen = None if arguments["seen"] is None else _tier(arguments["seen"])
         runtime = current_runtime()
-        return {"worker": runtime.name, "model": model, "tier": runtime.pool.demote(model, tier).tier.name}
+        return {"worker": runtime.name, "model": model, "tier": runtime.pool.demote(model, tier, seen).tier.name}
 
     return _answer(TASK_DEMOTE, work)
 

@@ -207,9 +207,20 @@ def test_a_model_the_beat_warmed_is_not_held_by_the_request_rule(worker_settings
     registry = WorkerRegistry(connect(settings.redis_url))
     now = time.time()
     report_hot(registry, "w-planned", "planned", now, lazy=False)
-    report = BeatScheduler(settings).tick(now_s=now + 1)
+    beat = BeatScheduler(settings)
+    report = beat.tick(now_s=now + 1)
     assert report.decisions["planned"]["tier"] != "HOT"
-    assert {"task": TASK_DEMOTE, "worker": "w-planned", "model": "planned", "tier": "DISK"} in report.sent
+    # The demotion names the tier it was decided on: a worker where the model is warmer by the
+    # time it arrives (a request warmed it meanwhile) leaves it as it is (ModelPool.demote).
+    assert {"task": TASK_DEMOTE, "worker": "w-planned", "model": "planned", "tier": "DISK", "seen": "HOT"} in report.sent
+    # The same demotion is not sent again while it is in flight ...
+    assert not [s for s in beat.tick(now_s=now + 2).sent if s.get("model") == "planned"]
+    # ... but one decided on another tier is another demotion: the first may have found the
+    # model elsewhere than it was decided on, and left it.
+    registry.put_model("w-planned", {"model": "planned", "tier": "HOST", "consuming": False, "health": "ok",
+                                     "size_bytes": 4096, "warmup_runs": 5, "warmed_by_request": False})
+    again = beat.tick(now_s=now + 3)
+    assert {"task": TASK_DEMOTE, "worker": "w-planned", "model": "planned", "tier": "DISK", "seen": "HOST"} in again.sent
 
 
 # --- the store goes away -------------------------------------------------------------------

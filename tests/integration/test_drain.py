@@ -32,7 +32,8 @@ def test_sigterm_hands_the_hot_model_over_before_the_worker_stops(worker_setting
     settings = load_settings(**values)
     module = publish("dm")
     workers = {name: start_worker(name, profile="prod") for name in ("w-d1", "w-d2")}
-    beat = ChildProcess(["beat", "--loglevel", "WARNING"], values).start()
+    # INFO: the beat logs what each tick sent, which the failure message shows.
+    beat = ChildProcess(["beat", "--loglevel", "INFO"], values).start()
     client = Client(settings)
     registry = WorkerRegistry(connect(settings.redis_url))
     stop_load = threading.Event()

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from warmstart.infra.celery_app import TASK_DEMOTE, control_queue
 from warmstart.infra.errors import InvalidInputError, NonFiniteOutputError, PayloadTooLargeError, UnknownModelError
 from warmstart.infra.redis_client import connect
 from warmstart.workers.client import Client
@@ -151,6 +152,19 @@ def test_bad_inputs_get_typed_errors_and_the_worker_keeps_serving(settings, publ
     torch.testing.assert_close(async_out, expected(module, x))
     lists = client.infer("good-one", {"x": x.tolist()}, timeout_s=30)["output"]
     torch.testing.assert_close(lists, expected(module, x))
+
+    # A demotion decided on a colder view (the beat saw the model at HOST; a request has made
+    # it HOT since) leaves it serving; one decided on what it is applies; a bad view is a
+    # typed error.
+    def demote(**kwargs: object) -> dict:
+        return client.app.send_task(TASK_DEMOTE, kwargs={"model": "good-one", **kwargs},
+                                    queue=control_queue("w-strict")).get(timeout=30)  # fmt: skip
+
+    assert demote(tier="REMOTE", seen="HOST")["tier"] == "HOT"
+    assert registry.hot_workers("good-one") == ["w-strict"]
+    assert demote(tier="HOST", seen="lukewarm")["error"]["type"] == "InvalidInputError"
+    assert demote(tier="HOST", seen="HOT")["tier"] == "HOST"
+    assert registry.hot_workers("good-one") == []
 
 
 def test_budgets_demote_the_least_recently_used_and_every_request_is_answered(settings, publish, start_worker) -> None:

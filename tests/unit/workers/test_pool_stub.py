@@ -33,6 +33,26 @@ def test_demotion_closes_the_gate_and_forgets_at_remote(kit: PoolKit) -> None:
     assert "m" not in pool.slots and "m" not in kit.registry.models_of("w1")
 
 
+def test_a_demotion_decided_on_a_colder_view_leaves_a_model_that_became_warmer(kit: PoolKit) -> None:
+    kit.publish("m")
+    pool = kit.make_pool()
+    pool.ensure("m", Tier.HOST)  # the beat sees it here and decides to drop it ...
+    pool.ensure("m", Tier.HOT)  # ... while a request's lazy warm-up makes it HOT
+    pool.demote("m", Tier.REMOTE, seen="HOST")
+    assert pool.slots["m"].tier == Tier.HOT and kit.gate.open_queues == {"m"}
+    assert kit.registry.hot_workers("m") == ["w1"]
+    # DEVICE is HOST to the beat (held, not serving): a decision taken at HOST applies there.
+    pool.demote("m", Tier.DEVICE)
+    pool.demote("m", Tier.DISK, seen=Tier.HOST)
+    assert pool.slots["m"].tier == Tier.DISK
+    # Decided on what it is (or with no view given): applied.
+    pool.ensure("m", Tier.HOT)
+    pool.demote("m", Tier.HOST, seen="HOT")
+    assert pool.slots["m"].tier == Tier.HOST and kit.gate.open_queues == set()
+    pool.demote("m", Tier.REMOTE)
+    assert "m" not in pool.slots
+
+
 def test_infer_answers_with_the_models_outputs(kit: PoolKit) -> None:
     module = kit.publish("m")
     pool = kit.make_pool()
