@@ -344,13 +344,14 @@ class BeatScheduler:
                 if action.kind in ("drop", "demote") and (worker, action.model) in self.rollouts.pinned:
                     continue  # a rollout's canary compares with this copy (scheduler/rollout.py)
                 target = action.tier.name if action.kind != "drop" else "REMOTE"
-                if current.get(worker, {}).get(action.model, "REMOTE") == target:
+                was = current.get(worker, {}).get(action.model, "REMOTE")
+                if was == target:
                     continue
                 task = TASK_PREWARM if action.kind == "prewarm" else TASK_DEMOTE
                 # A demotion names the tier this plan saw: a model that a request warms
                 # meanwhile (its lazy warm-up was under way) is left as it is by the worker
                 # (ModelPool.demote), so a demotion seen from another tier is a new one.
-                seen = current.get(worker, {}).get(action.model, "REMOTE") if task == TASK_DEMOTE else None
+                seen = was if task == TASK_DEMOTE else None
                 pending = self._in_flight.get((worker, action.model))
                 if pending and pending[0] == target and pending[2] == seen and now_s - pending[1] < timeout_s:
                     continue  # already sent; the worker is on it
